@@ -1,0 +1,17 @@
+"""fdpg_core: f-DPG (Go et al., ICML 2023) — divergences, loss, sampler, targets, training, metrics.
+
+The public names a notebook needs are re-exported here; each lives in one small module:
+
+    divergences  the table of f-divergences (f, f′ as functions of log t) and exact D_f on a support
+    losses       the f-DPG surrogate loss and the pseudo-reward −f′
+    estimators   importance-sampled Ẑ, ESS, D_f(π‖p) with Ẑ, KL(π‖a), entropy
+    diversity    Distinct-n and Self-BLEU
+    sampling     KV-cached ancestral sampler (inverse-CDF draw) and teacher-forced scoring
+    targets      composable targets p ∝ a·Π factors, λ fitting by moment matching
+    train        FDPGConfig and the training loop (Algorithm 1)
+    toy          enumerable tiny models for exact checks
+"""
+from fdpg_core.divergences import DIVERGENCES, Divergence, alpha_divergence, exact_divergence, get_divergence
+from fdpg_core.losses import fdpg_loss, pseudo_reward
+from fdpg_core.estimators import ess, is_divergence, kl_pi_a, log_Z_hat, sequence_entropy
+from fdpg_core.diversity import distinct_n, self_bleu

@@ -1,0 +1,757 @@
+"""Ancestral sampling and teacher-forced scoring for Hugging Face LMs.
+
+f-DPG (Go et al. 2023, Algorithm 1) needs, for every batch,
+  * samples x_i ~ q(.|c) with their exact log-probability log_q(x_i|c) under the distribution actually sampled
+    from (pure ancestral sampling: q = π_θ, temperature 1, no truncation), and
+  * log π_θ(x_i|c) with gradient (and log a(x_i|c) without), by teacher forcing.
+
+Public API
+  Samples                       a batch of prompts + generated continuations (dataclass)
+  sample(model, prompt_ids, prompt_mask, max_new_tokens, *, eos_token_id, pad_token_id, ...) -> Samples
+  score(model, samples, *, return_token_logprobs=False) -> (B,) (or (B, T)) log-probs, differentiable
+  decode(samples, tokenizer) -> list[str]  (also stored in samples.texts)
+  left_pad(seqs, pad_id) -> (ids, mask);  repeat_prompts(ids, mask, n) -> (ids, mask, context_ids)
+  bos_prompts(n, bos_token_id) -> (ids, mask)  (unconditional generation: a prompt of just BOS)
+  make_stepper(model, prompt_ids, prompt_mask, max_new_tokens)  the swappable KV-cache decode step
+  truncate_logits(logits, temperature, top_k, top_p)   evaluation-only truncation used by sample()
+
+Supported models: causal HF LMs taking (input_ids, attention_mask, position_ids, cache, logits_to_keep)
+(GPT2LMHeadModel, GPTNeoForCausalLM, LlamaForCausalLM) and encoder-decoders (T5ForConditionalGeneration).
+Written against transformers 5.24 (KV cache argument `cache`); older 5.x (`past_key_values`) is detected.
+
+Conventions
+  * Prompts are LEFT padded (prompt_mask 0 on the left) for causal models; the position of a token is the number of
+    real tokens before it (position_ids = cumsum(mask) − 1), so a row's result does not depend on its padding.
+  * tokens (B, T): T ≤ max_new_tokens is the longest generated row; after EOS a row holds pad_token_id and
+    mask False (mask is True up to and including EOS). Nothing after EOS enters log_q or score().
+  * A categorical draw is done by inverse CDF: w = exp(l − max l), cdf = cumsum(w), u = (1 − U)·cdf[-1] with
+    U ~ U[0, 1) so u ∈ (0, total], idx = searchsorted(cdf, u). This is exact (a token with w = 0 is never drawn)
+    and several times faster than torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
+  * Truncation (temperature ≠ 1, top_k, top_p) exists for EVALUATION only. It changes the sampling distribution:
+    log_q is then the log-prob under the truncated distribution actually sampled from, which is not π_θ, so
+    importance weights π_θ/q built from such samples are biased/undefined off the truncated support. Never train
+    on truncated samples.
+  * Device: everything runs on the model's device. Our decode loop performs no host sync except an
+    "all rows finished" check every `sync_every` steps (one bool transfer) and one at the end to trim T
+    (input validation syncs a few times before the loop). NB transformers' own create_causal_mask syncs once
+    per step (it reads the 2-D padding mask to decide whether SDPA may skip the mask); a static-cache /
+    CUDA-graph stepper should pass a prebuilt 4-D mask to avoid it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Samples",
+    "sample",
+    "score",
+    "decode",
+    "left_pad",
+    "repeat_prompts",
+    "bos_prompts",
+    "make_stepper",
+    "truncate_logits",
+]
+
+# Max number of fp32 logits score() processes at once for its logsumexp and gradient (one reused 64 MiB buffer).
+_SCORE_CHUNK_ELEMS = 1 << 24
+# score() keeps the logits of the counted tokens for backward when they take at most this many bytes (fastest);
+# above it, the head is recomputed chunk by chunk in backward (one extra head product, bounded memory).
+_SCORE_LOGITS_BYTES = 1 << 28
+
+# Causal LMs whose forward is exactly `lm_head(base_model(...).last_hidden_state)`: score() runs the head itself,
+# chunk by chunk, and never materialises the (B, T, V) logits.
+_FUSED_HEAD_MODELS = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "LlamaForCausalLM")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samples
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Samples:
+    """A batch of B generated sequences (one row per sample) and the prompts they continue."""
+
+    prompt_ids: torch.Tensor  # (B, Tp) long, left padded
+    prompt_mask: torch.Tensor  # (B, Tp) long, 1 = real prompt token
+    tokens: torch.Tensor  # (B, T) long, pad_token_id after EOS
+    mask: torch.Tensor  # (B, T) bool, True up to and including EOS
+    log_q: torch.Tensor  # (B,) float32, Σ_t log q(x_t | x_<t, c) over mask, no grad
+    context_ids: torch.Tensor  # (B,) long, which context (prompt) each row came from; all 0 if unconditional
+    texts: list[str] | None = None  # decoded generated part, filled by decode()
+    pad_token_id: int | None = None  # filler used after EOS (needed by Samples.cat for ragged lengths)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of generated tokens counted in log_q (EOS included)."""
+        return self.mask.sum(-1)
+
+    def to(self, device) -> Samples:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if isinstance(v, torch.Tensor):
+                moved[k] = v.to(device)
+        return Samples(**moved)
+
+    def index(self, rows) -> Samples:
+        """Select rows (LongTensor of indices, bool mask (B,), slice or list of ints)."""
+        if isinstance(rows, list):
+            rows = torch.as_tensor(rows, dtype=torch.long)
+        if isinstance(rows, torch.Tensor):
+            rows = rows.to(self.tokens.device)
+            if rows.dtype == torch.bool and rows.shape != (len(self),):
+                raise ValueError(f"bool row mask must have shape ({len(self)},), got {tuple(rows.shape)}")
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v[rows]
+        if self.texts is not None:
+            idx = torch.arange(len(self))[rows.cpu() if isinstance(rows, torch.Tensor) else rows]
+            out["texts"] = [self.texts[i] for i in idx.reshape(-1).tolist()]
+        return Samples(**out)
+
+    @staticmethod
+    def cat(parts: Sequence[Samples]) -> Samples:
+        """Concatenate along the batch; ragged prompts are left padded and ragged continuations right padded
+        (with each part's pad_token_id; prompt pads get mask 0, continuation pads get mask False)."""
+        if len(parts) == 0:
+            raise ValueError("Samples.cat needs at least one Samples, got an empty sequence")
+        Tp = max(p.prompt_ids.shape[1] for p in parts)
+        T = max(p.tokens.shape[1] for p in parts)
+        pads = sorted({p.pad_token_id for p in parts if p.pad_token_id is not None})
+        pad = pads[0] if len(pads) == 1 else None
+        ragged = any(p.prompt_ids.shape[1] != Tp or p.tokens.shape[1] != T for p in parts)
+        if ragged and pad is None:
+            raise ValueError(
+                "Samples.cat: parts have different lengths and need one common pad_token_id to be padded, "
+                f"got pad ids {pads} (set Samples.pad_token_id)"
+            )
+
+        def lpad(x, n, value):  # (B, t) -> (B, n), left
+            return torch.nn.functional.pad(x, (n - x.shape[1], 0), value=value)
+
+        def rpad(x, n, value):  # (B, t) -> (B, n), right
+            return torch.nn.functional.pad(x, (0, n - x.shape[1]), value=value)
+
+        texts = None
+        if all(p.texts is not None for p in parts):
+            texts = [t for p in parts for t in p.texts]
+        return Samples(
+            prompt_ids=torch.cat([lpad(p.prompt_ids, Tp, pad or 0) for p in parts]),
+            prompt_mask=torch.cat([lpad(p.prompt_mask, Tp, 0) for p in parts]),
+            tokens=torch.cat([rpad(p.tokens, T, pad or 0) for p in parts]),
+            mask=torch.cat([rpad(p.mask, T, False) for p in parts]),
+            log_q=torch.cat([p.log_q for p in parts]),
+            context_ids=torch.cat([p.context_ids for p in parts]),
+            texts=texts,
+            pad_token_id=pad,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt helpers
+# ----------------------------------------------------------------------------------------------------------------
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left pad lists of token ids -> ids (C, Tp) long, mask (C, Tp) long (1 = real token)."""
+    if len(seqs) == 0:
+        raise ValueError("left_pad needs at least one sequence, got an empty list")
+    lens = [len(s) for s in seqs]
+    if min(lens) == 0:
+        raise ValueError(f"left_pad: every sequence needs ≥ 1 token, got lengths {lens}")
+    Tp = max(lens)
+    ids = torch.full((len(seqs), Tp), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), Tp), dtype=torch.long)
+    for i, s in enumerate(seqs):  # prompt construction, not the hot path
+        ids[i, Tp - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, Tp - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def repeat_prompts(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """C prompts -> C·n rows (each prompt n times, consecutively) and context_ids (C·n,) = [0]*n + [1]*n + ...."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"repeat_prompts: n must be an int ≥ 1, got {n!r}")
+    if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(
+            f"repeat_prompts: prompt_ids and prompt_mask must both be (C, Tp), got "
+            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
+        )
+    C = prompt_ids.shape[0]
+    context_ids = torch.arange(C, device=prompt_ids.device).repeat_interleave(n)  # (C·n,)
+    return prompt_ids[context_ids], prompt_mask[context_ids], context_ids
+
+
+def bos_prompts(n: int, bos_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unconditional generation: n prompts of just BOS -> ids (n, 1), mask (n, 1)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"bos_prompts: n must be an int ≥ 1, got {n!r}")
+    if bos_token_id is None:
+        raise ValueError("bos_prompts: bos_token_id is None; pass the model's BOS id (GPT-2: eos = bos = 50256)")
+    ids = torch.full((n, 1), int(bos_token_id), dtype=torch.long, device=device)
+    return ids, torch.ones_like(ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model plumbing
+# ----------------------------------------------------------------------------------------------------------------
+def _is_encoder_decoder(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def _decoder_start_id(model) -> int:
+    """T5's decoder starts from config.decoder_start_token_id (generation_config as a fallback)."""
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None and getattr(model, "generation_config", None) is not None:
+        start = model.generation_config.decoder_start_token_id
+    if start is None:
+        raise ValueError(
+            "encoder-decoder model has no decoder_start_token_id in config or generation_config "
+            "(T5 uses the pad id, 0): set model.config.decoder_start_token_id"
+        )
+    return int(start)
+
+
+def _cache_kwarg(model) -> str:
+    """Name of the KV-cache argument: `cache` in transformers ≥ 5.2x (pinned 5.24), `past_key_values` before."""
+    params = inspect.signature(model.forward).parameters  # follows functools.wraps to the real signature
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    return out.cache if "cache" in out else out.past_key_values
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 0/1 mask -> (B, L) positions = number of real tokens before each one (0 on left padding)."""
+    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+@contextmanager
+def _eval_mode(model):
+    """model.eval() for the duration, then restore every submodule's own training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, f in flags:
+            m.training = f
+
+
+class _CausalStepper:
+    """KV-cache decoding for a causal LM with left-padded prompts.
+
+    The attention mask (B, Tp + max_new) is preallocated (prompt mask then ones); positions continue from each
+    row's number of real prompt tokens, so the cached run equals a full forward on the unpadded sequence.
+    """
+
+    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens):
+        self.model = model
+        B, Tp = prompt_ids.shape
+        self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
+        self.attn = torch.ones((B, Tp + max_new_tokens), dtype=torch.long, device=prompt_ids.device)
+        self.attn[:, :Tp] = prompt_mask  # (B, Tp + max_new)
+        self.pos = prompt_mask.sum(-1, keepdim=True)  # (B, 1) position of the first generated token
+        self.L = Tp  # tokens seen so far (cache length)
+        self.cache, self.cache_kw = None, _cache_kwarg(model)
+
+    def prefill(self) -> torch.Tensor:
+        out = self.model(
+            input_ids=self.prompt_ids,
+            attention_mask=self.attn[:, : self.L],
+            position_ids=_position_ids(self.prompt_mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = _out_cache(out)
+        return out.logits[:, -1]  # (B, V)
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """Feed tok (B,) at the next position; return next-token logits (B, V)."""
+        self.L += 1
+        out = self.model(
+            input_ids=tok[:, None],
+            attention_mask=self.attn[:, : self.L],
+            position_ids=self.pos,
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
+        self.cache = _out_cache(out)
+        self.pos = self.pos + 1
+        return out.logits[:, -1]  # (B, V)
+
+
+class _Seq2SeqStepper:
+    """KV-cache decoding for an encoder-decoder: encoder once, decoder from decoder_start_token_id."""
+
+    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens):
+        self.model = model
+        self.prompt_mask = prompt_mask
+        self.enc = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
+        self.start = torch.full((prompt_ids.shape[0],), _decoder_start_id(model), device=prompt_ids.device)
+        self.cache, self.cache_kw = None, _cache_kwarg(model)
+
+    def prefill(self) -> torch.Tensor:
+        return self.step(self.start)
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            encoder_outputs=self.enc,
+            attention_mask=self.prompt_mask,
+            decoder_input_ids=tok[:, None],
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
+        self.cache = _out_cache(out)
+        return out.logits[:, -1]  # (B, V)
+
+
+IMPLS = ("auto", "hf", "lean", "static", "graph")
+
+
+def _resolve_impl(model, impl: str, device) -> str:
+    """auto -> graph (CUDA) or lean (CPU) for models cuda_sampling supports, else hf. Explicit choices are checked."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "hf":
+        return impl
+    from fdpg_core import cuda_sampling  # lazy: keeps `import fdpg_core.sampling` light
+
+    reason = cuda_sampling.unsupported_reason(model)
+    if impl == "auto":
+        if reason is not None:
+            return "hf"
+        return "graph" if device.type == "cuda" else "lean"
+    if reason is not None:
+        raise ValueError(f"impl={impl!r} cannot run this model ({reason}); allowed for it: 'auto', 'hf'")
+    if impl == "graph" and device.type != "cuda":
+        raise ValueError(f"impl='graph' needs a CUDA model, got device {device}; allowed here: 'auto', 'hf', "
+                         "'lean', 'static'")
+    return impl
+
+
+def make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl: str = "auto",
+                 reuse_buffers: bool = False):
+    """The decode step used by sample(): `.prefill() -> logits (B, V)` then `.step(tok (B,)) -> logits (B, V)`.
+
+    impl: "auto" (the lean static-cache decoder of cuda_sampling for GPT-2 / Llama models, HF otherwise), "hf"
+    (the model's own forward with its KV cache) or "lean". reuse_buffers (lean only): return one reused (B, V)
+    logits buffer, valid until the next call."""
+    device = prompt_ids.device
+    impl = _resolve_impl(model, impl, device)
+    if impl in ("lean", "static", "graph"):
+        from fdpg_core.cuda_sampling import LeanStepper
+
+        return LeanStepper(model, prompt_ids, prompt_mask, max_new_tokens, reuse_buffers=reuse_buffers)
+    cls = _Seq2SeqStepper if _is_encoder_decoder(model) else _CausalStepper
+    return cls(model, prompt_ids, prompt_mask, max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drawing one token
+# ----------------------------------------------------------------------------------------------------------------
+def truncate_logits(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
+    """Evaluation-only truncation of (B, V) logits: l/temperature, keep the top_k largest (ties kept), keep the
+    smallest set of most likely tokens whose mass ≥ top_p. Removed tokens get −inf. Identity with the defaults."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_l, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        p = torch.softmax(sorted_l, dim=-1)
+        mass_before = p.cumsum(-1) - p  # mass of strictly more likely tokens
+        drop_sorted = mass_before >= top_p  # the most likely token always kept (mass_before = 0 < top_p)
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def _draw(logits: torch.Tensor, u: torch.Tensor, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact categorical draw from softmax(logits) by inverse CDF -> (idx (B,), log-prob (B,)).
+
+    u (B, 1): uniforms in [0, 1) (drawn before the decode loop). work: optional reusable fp32 (B, V) buffer for the
+    cumulative weights (a fresh tensor of tens of MB per step costs page faults on CPU)."""
+    logits = logits.float()
+    m = logits.max(-1, keepdim=True).values  # (B, 1)
+    w = torch.sub(logits, m, out=work) if work is not None else logits - m
+    cdf = w.exp_().cumsum_(-1)  # (B, V) unnormalised CDF, in place: cdf_j = Σ_{i ≤ j} exp(l_i − m)
+    total = cdf[:, -1:]  # (B, 1)
+    idx = torch.searchsorted(cdf, (1.0 - u) * total)  # (B, 1), first j with cdf_j ≥ u' for u' ∈ (0, total]
+    idx = idx.clamp_(max=cdf.shape[-1] - 1)
+    # log q(idx) = l_idx − logsumexp(l) = (l_idx − m) − log Σ_j exp(l_j − m)
+    logp = (logits.gather(-1, idx) - m - total.log()).squeeze(-1)  # (B,)
+    return idx.squeeze(-1), logp
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sample
+# ----------------------------------------------------------------------------------------------------------------
+def _vocab_size(model) -> int:
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and hasattr(emb, "weight"):
+        return int(emb.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _check_id(name, value, V) -> int:
+    try:
+        i = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        i = None
+    if i is None or not 0 <= i < V:
+        raise ValueError(f"{name} must be an int in [0, {V}) (the model's vocabulary), got {value!r}")
+    return i
+
+
+def _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V):
+    if not isinstance(prompt_ids, torch.Tensor) or not isinstance(prompt_mask, torch.Tensor):
+        raise ValueError("prompt_ids and prompt_mask must be torch tensors (see left_pad / bos_prompts)")
+    if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[1] == 0:
+        raise ValueError(
+            "prompt_ids and prompt_mask must both have shape (B, Tp) with Tp ≥ 1, got "
+            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
+        )
+    if prompt_ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"prompt_ids must be an integer tensor, got dtype {prompt_ids.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
+    m = prompt_mask.long()
+    if ((m != 0) & (m != 1)).any():
+        raise ValueError("prompt_mask must contain only 0 (padding) and 1 (real token)")
+    if (m.sum(-1) == 0).any():
+        raise ValueError("every prompt row needs ≥ 1 real token (use bos_prompts for unconditional generation)")
+    real = prompt_ids[m.bool()]
+    if real.min() < 0 or real.max() >= V:
+        raise ValueError(f"prompt token ids must be in [0, {V}), got range [{int(real.min())}, {int(real.max())}]")
+    if not _is_encoder_decoder(model):
+        if (m[:, 1:] < m[:, :-1]).any():
+            raise ValueError("prompts must be LEFT padded for causal models (prompt_mask 0…0 1…1 per row)")
+        n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        longest = int(m.sum(-1).max()) + max_new_tokens
+        if n_pos is not None and longest > n_pos:
+            raise ValueError(
+                f"longest prompt + max_new_tokens = {longest} exceeds the model's {n_pos} positions"
+            )
+
+
+def _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id, truncation, sync_every, impl):
+    """The eager decode loop over a stepper (impl "hf" or "lean") -> tokens (B, T), mask (B, T), log_q (B,)."""
+    T, B = U.shape[0], prompt_ids.shape[0]
+    device = prompt_ids.device
+    eos = torch.tensor(eos_list, dtype=torch.long, device=device)  # (E,)
+    tokens = torch.full((B, T), pad_token_id, dtype=torch.long, device=device)  # (B, T)
+    mask = torch.zeros((B, T), dtype=torch.bool, device=device)  # (B, T)
+    log_q = torch.zeros(B, dtype=torch.float32, device=device)  # (B,)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    # a) prefill: prompt through the model, logits for the first new token
+    stepper = make_stepper(model, prompt_ids, prompt_mask, T, impl=impl, reuse_buffers=True)
+    logits = stepper.prefill()  # (B, V)
+    work = torch.empty(logits.shape, dtype=torch.float32, device=device)  # reused by every draw
+    for t in range(T):
+        # b) draw x_t ~ q(.|x_<t, c); finished rows emit pad and count nothing
+        if truncation is not None:
+            logits = truncate_logits(logits.float(), *truncation)
+        tok, logp = _draw(logits, U[t], work)  # (B,), (B,)
+        alive = ~finished
+        tok = torch.where(alive, tok, pad_token_id)
+        tokens[:, t] = tok
+        mask[:, t] = alive
+        log_q += torch.where(alive, logp, 0.0)  # log q(x) = Σ_t log q(x_t | x_<t)
+        if eos.numel():
+            finished |= (tok[:, None] == eos).any(-1) & alive
+        # c) stop at max length, or (host sync every sync_every steps) when every row has emitted EOS
+        if t + 1 == T or ((t + 1) % sync_every == 0 and bool(finished.all())):
+            break
+        logits = stepper.step(tok)  # (B, V)
+    return tokens, mask, log_q
+
+
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    eos_token_id: int | Sequence[int] | None,
+    pad_token_id: int,
+    context_ids: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    sync_every: int = 8,
+    impl: str = "auto",
+) -> Samples:
+    """Batched ancestral sampling x ~ q(.|prompt) with a KV cache; returns Samples with log_q = log q(x|prompt).
+
+    model: HF causal LM or encoder-decoder (run in eval mode here; each submodule's training flag is restored).
+    prompt_ids, prompt_mask: (B, Tp), left padded for causal models (encoder input for encoder-decoders).
+    eos_token_id: int, several ints, or None (never stop early). pad_token_id: filler after EOS (may equal EOS).
+    context_ids: (B,) context index per row (default zeros), carried into Samples.
+    generator: torch.Generator on the model's device, for reproducible draws.
+    temperature/top_k/top_p: EVALUATION ONLY (they bias importance weights; log_q is then under the truncated
+      distribution). top_k None or 0 and top_p None or 1.0 mean no truncation.
+    sync_every: check "all rows finished" (a host sync) every this many steps; T never depends on it.
+    impl: decode implementation, identical distributions (the uniforms are drawn before the loop, so the same
+      generator state gives the same draws up to rounding of the logits):
+      "auto"   "graph" on CUDA / "lean" on CPU when cuda_sampling supports the model (GPT-2, Llama), else "hf";
+      "hf"     the model's own forward and KV cache, one call per token (any HF causal LM or encoder-decoder);
+      "lean"   cuda_sampling.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
+      "static" cuda_sampling.StaticSampler eagerly (device-side step counter, static shapes; for tests);
+      "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape).
+    """
+    # 1. validate
+    V = _vocab_size(model)
+    _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V)
+    pad_token_id = _check_id("pad_token_id", pad_token_id, V)
+    if eos_token_id is None:
+        eos_list = []
+    elif isinstance(eos_token_id, (Sequence, torch.Tensor)) and not isinstance(eos_token_id, str):
+        eos_list = [_check_id("eos_token_id", e, V) for e in list(eos_token_id)]
+    else:
+        eos_list = [_check_id("eos_token_id", eos_token_id, V)]
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0 (1.0 = no change), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be None, 0 (off) or an int ≥ 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or in (0, 1] (1.0 = off), got {top_p!r}")
+    if not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"sync_every must be an int ≥ 1, got {sync_every!r}")
+    device = next(model.parameters()).device
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {device}; create it there")
+    B = prompt_ids.shape[0]
+    if context_ids is None:
+        context_ids = torch.zeros(B, dtype=torch.long, device=device)
+    elif context_ids.shape != (B,):
+        raise ValueError(f"context_ids must have shape ({B},), got {tuple(context_ids.shape)}")
+    truncated = temperature != 1.0 or bool(top_k) or (top_p is not None and top_p < 1.0)
+    impl = _resolve_impl(model, impl, device)
+
+    prompt_mask = prompt_mask.to(device=device, dtype=torch.long)
+    # padded slots may hold any id (e.g. −100); give the embedding a valid one
+    prompt_ids = prompt_ids.to(device=device, dtype=torch.long).masked_fill(prompt_mask == 0, pad_token_id)
+    # 2. one uniform per row and step, drawn up front: no RNG inside the loop (CUDA graphs), same draws for any impl
+    U = torch.rand((max_new_tokens, B, 1), generator=generator, device=device, dtype=torch.float32)  # (T, B, 1)
+
+    with _eval_mode(model), torch.no_grad():  # no_grad (not inference_mode): outputs feed later grad forwards
+        if impl in ("static", "graph"):
+            from fdpg_core.cuda_sampling import sample_static
+
+            tokens, mask, log_q = sample_static(
+                model, prompt_ids, prompt_mask, U, eos_ids=eos_list, pad_id=pad_token_id,
+                truncation=(temperature, top_k, top_p), use_graph=impl == "graph", sync_every=sync_every,
+            )
+        else:
+            tokens, mask, log_q = _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id,
+                                               (temperature, top_k, top_p) if truncated else None, sync_every, impl)
+
+    # 5. trim to the longest row (one sync; independent of sync_every)
+    T = int(mask.any(0).nonzero().max()) + 1
+    return Samples(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        tokens=tokens[:, :T].contiguous(),
+        mask=mask[:, :T].contiguous(),
+        log_q=log_q,
+        context_ids=context_ids.to(device),
+        pad_token_id=pad_token_id,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# score
+# ----------------------------------------------------------------------------------------------------------------
+def _lse_(buf: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim of fp32 (r, V) `buf`, computed in place (buf is overwritten) -> (r,)."""
+    m = buf.amax(-1, keepdim=True)  # (r, 1)
+    return (m + buf.sub_(m).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)  # m + log Σ exp(l − m)
+
+
+def _head_into(h: torch.Tensor, W: torch.Tensor, b, buf: torch.Tensor) -> torch.Tensor:
+    """fp32 logits h Wᵀ + b of r rows written into buf (r, V), computed in the weights' dtype like nn.Linear."""
+    if W.dtype == torch.float32 and h.dtype == torch.float32:
+        return torch.mm(h, W.t(), out=buf) if b is None else torch.addmm(b, h, W.t(), out=buf)
+    return buf.copy_(F.linear(h, W, b))  # e.g. bf16 logits, upcast (what score() did with model(...).logits)
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """log softmax(h Wᵀ + b)[y] for N rows, (N,) fp32, without the (N, V) logits: rows go through the head in
+    chunks of R into one reused fp32 buffer; backward recomputes each chunk's logits (one more head product)
+    instead of storing them.  ∂ log p_n / ∂ l_{n,j} = 1[j = y_n] − softmax(l_n)_j."""
+
+    @staticmethod
+    def forward(ctx, h, W, b, y, R):
+        N, V = h.shape[0], W.shape[0]
+        out = torch.empty(N, dtype=torch.float32, device=h.device)  # (N,)
+        lse = torch.empty(N, dtype=torch.float32, device=h.device)  # (N,)
+        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=h.device)  # (R, V) reused
+        for s in range(0, N, R):
+            e = min(N, s + R)
+            l = _head_into(h[s:e], W, b, buf[: e - s])  # (r, V)
+            chosen = l.gather(1, y[s:e, None]).squeeze(1)  # l_y before _lse_ overwrites l
+            lse[s:e] = _lse_(l)
+            out[s:e] = chosen - lse[s:e]  # log p(y) = l_y − logsumexp(l)
+        ctx.save_for_backward(h, W, b, y, lse)
+        ctx.R = R
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        h, W, b, y, lse = ctx.saved_tensors
+        need_h, need_W, need_b = ctx.needs_input_grad[:3]
+        N, R = h.shape[0], ctx.R
+        g = g.float().contiguous()  # (N,)
+        gh = torch.empty_like(h) if need_h else None
+        gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need_W else None
+        gb = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if (need_b and b is not None) else None
+        buf = torch.empty((max(1, min(R, N)), W.shape[0]), dtype=torch.float32, device=h.device)
+        for s in range(0, N, R):
+            e = min(N, s + R)
+            d = _head_into(h[s:e], W, b, buf[: e - s]).sub_(lse[s:e, None]).exp_()  # (r, V) softmax
+            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])  # g·(1[j = y] − softmax)
+            dw = d if W.dtype == torch.float32 else d.to(W.dtype)
+            if need_h:
+                gh[s:e] = dw @ W  # (r, E)
+            if need_W:
+                gW.addmm_(d.t(), h[s:e].float())  # (V, E) += dᵀ h
+            if gb is not None:
+                gb += d.sum(0)
+        return (gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None)
+
+
+class _LogitsLogProb(torch.autograd.Function):
+    """log softmax(logits)[y] for (N, V) logits (any model), (N,) fp32, chunked; backward writes the one (N, V)
+    gradient chunk by chunk (autograd through slices would allocate a full-size zero tensor per chunk)."""
+
+    @staticmethod
+    def forward(ctx, logits, y, R):
+        N, V = logits.shape
+        out = torch.empty(N, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=logits.device)
+        for s in range(0, N, R):
+            e = min(N, s + R)
+            l = buf[: e - s].copy_(logits[s:e])  # (r, V) fp32
+            chosen = l.gather(1, y[s:e, None]).squeeze(1)
+            lse[s:e] = _lse_(l)
+            out[s:e] = chosen - lse[s:e]
+        ctx.save_for_backward(logits, y, lse)
+        ctx.R = R
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, y, lse = ctx.saved_tensors
+        N, R = logits.shape[0], ctx.R
+        g = g.float().contiguous()
+        grad = torch.empty_like(logits)  # (N, V)
+        buf = torch.empty((max(1, min(R, N)), logits.shape[1]), dtype=torch.float32, device=logits.device)
+        for s in range(0, N, R):
+            e = min(N, s + R)
+            d = buf[: e - s].copy_(logits[s:e]).sub_(lse[s:e, None]).exp_()  # softmax
+            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])
+            grad[s:e] = d
+        return grad, None, None
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[targets] for (B, T, V) logits -> (B, T), without a (B, T, V) log_softmax copy."""
+    B, T, V = logits.shape
+    R = max(1, _SCORE_CHUNK_ELEMS // V)
+    return _LogitsLogProb.apply(logits.reshape(B * T, V), targets.reshape(B * T), R).view(B, T)
+
+
+def _fused_head(model) -> bool:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return type(model).__name__ in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
+
+
+def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> torch.Tensor:
+    """Teacher-forced log π(x | prompt) = Σ_{t: mask} log π(x_t | x_<t, prompt), (B,), differentiable.
+
+    Runs in the model's CURRENT mode (dropout active if model.training): call model.eval() when you want exact
+    log-probs with gradient (f-DPG wants log π without dropout, matching log_q). Use torch.no_grad() for log a.
+    With return_token_logprobs=True returns the (B, T) per-token log-probs instead (0 where mask is False).
+    """
+    tokens, mask = samples.tokens, samples.mask
+    if tokens.ndim != 2 or mask.shape != tokens.shape or tokens.shape[1] == 0:
+        raise ValueError(
+            f"samples.tokens and samples.mask must both be (B, T) with T ≥ 1, got {tuple(tokens.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
+    device = next(model.parameters()).device
+    mask = mask.to(device).bool()
+    prompt_mask = samples.prompt_mask.to(device).long()
+    # whatever fills padded / post-EOS slots (pad id, −100, ...) cannot change counted log-probs: make it id 0
+    tokens = tokens.to(device).long().masked_fill(~mask, 0)
+    prompt_ids = samples.prompt_ids.to(device).long().masked_fill(prompt_mask == 0, 0)
+    B, T = tokens.shape
+    if _is_encoder_decoder(model):
+        start = torch.full_like(tokens[:, :1], _decoder_start_id(model))
+        logits = model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1),  # (B, T) shifted right
+            use_cache=False,
+        ).logits  # (B, T, V)
+        tok_logp = _token_logprobs(logits, tokens)  # (B, T)
+    else:
+        # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}
+        attn = torch.cat([prompt_mask, mask[:, :-1].long()], dim=1)
+        inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
+                      position_ids=_position_ids(attn), use_cache=False)
+        if _fused_head(model):
+            # hidden states only; the head runs over the counted positions in chunks (_HeadLogProb)
+            hidden = model.base_model(**inputs).last_hidden_state[:, -T:]  # (B, T, E)
+            rows = mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of counted tokens
+            head = model.get_output_embeddings()
+            W, b = head.weight, head.bias  # (V, E), (V,) or None
+            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, E)
+            y = tokens.reshape(-1).index_select(0, rows)  # (N,)
+            R = max(1, _SCORE_CHUNK_ELEMS // W.shape[0])
+            if h.shape[0] * W.shape[0] * 4 <= _SCORE_LOGITS_BYTES:
+                lp = _LogitsLogProb.apply(F.linear(h, W, b), y, R)  # (N,); logits of counted tokens only
+            else:
+                lp = _HeadLogProb.apply(h, W, b, y, R)  # (N,); no (N, V) tensor at all
+            tok_logp = torch.zeros(B * T, dtype=lp.dtype, device=device).scatter(0, rows, lp).view(B, T)
+        else:
+            logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)
+            tok_logp = _token_logprobs(logits, tokens)  # (B, T)
+    tok_logp = torch.where(mask, tok_logp, 0.0)  # nothing after EOS counts
+    return tok_logp if return_token_logprobs else tok_logp.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decode
+# ----------------------------------------------------------------------------------------------------------------
+def decode(samples: Samples, tokenizer, *, skip_special_tokens: bool = True) -> list[str]:
+    """Text of each generated part (tokens under mask, final EOS dropped); also stored in samples.texts."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    lengths = samples.mask.sum(-1).tolist()
+    rows = samples.tokens.tolist()
+    seqs = []
+    for row, n in zip(rows, lengths):  # host-side text post-processing, not the sampling hot path
+        ids = row[:n]
+        if n and eos is not None and ids[-1] == eos:
+            ids = ids[:-1]
+        seqs.append(ids)
+    texts = tokenizer.batch_decode(seqs, skip_special_tokens=skip_special_tokens)
+    samples.texts = texts
+    return texts

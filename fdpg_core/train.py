@@ -1,0 +1,538 @@
+"""The f-DPG training loop (PAPER.md §2, Algorithm 1) and its documented configuration.
+
+    π_θ ← a;  Ẑ_c ← running mean;  B ← moving average of f′
+    for each step:
+      1. x_i ~ q(·|c_i)  (q = π_θ online, or a frozen proposal offline), pure ancestral sampling
+      2. log P(x_i) from the target;  Ẑ_c ← cumulative mean of P/q over every sample of context c so far
+      3. f′_i = f′(π_θ(x_i) Ẑ_c / P(x_i))  (the pseudo-reward is R_i = −f′_i)
+      4. θ ← θ − α Adam[(1/N) Σ_i (π_θ/q)(x_i) (f′_i − B) ∇_θ log π_θ(x_i)]   (one step per batch)
+      5. B ← moving average of the batch mean of f′;  offline: q ← π_θ if KL̂(p‖π_θ) < KL̂(p‖q)
+
+Decisions (see also the field docs of `FDPGConfig`):
+  * Ẑ: per context c, log S_c = logsumexp of log P − log q over all samples of c since step 0 and a
+    count n_c; log Ẑ_c = log S_c − log n_c. Updated with the current batch BEFORE the loss (as in
+    Algorithm 1). Rows whose context still has Ẑ_c = 0 take no part in the update; a batch with no
+    such row (every log P = −inf so far) is skipped (no parameter update) and counted in
+    `train/skipped_steps`.
+  * Baseline B is in units of f′ (what `fdpg_loss(..., baseline=B)` subtracts), built from PREVIOUS
+    steps only (so it is a constant w.r.t. the current batch): 'ema' (initialised with the first
+    batch's mean, then B ← d·B + (1−d)·mean), 'window' (mean of the last W batch means), 'none' (0).
+    The batch mean of f′ is the self-normalised π-weighted mean Σ w f′ / Σ w (w = π/q; = 1 online).
+  * Gradient accumulation: the whole batch is sampled at once (so k micro-batches see exactly the
+    samples of one full batch); micro-batch j contributes fdpg_loss(micro_j) · n_j / n, so the
+    summed gradient is the full-batch mean (1/n) Σ_i of the per-sample terms.
+  * The policy runs in eval mode (no dropout) during training: the gradient theorem needs log π_θ of
+    the very distribution sampled from.
+  * Offline: q = frozen copy of π_θ at start; on every step, with that step's samples, KL(p‖π_θ) and
+    KL(p‖q) are estimated by importance sampling (same samples, same Ẑ); if π_θ is better, q ← π_θ
+    (θ before this step's update, the one whose KL was estimated).
+  * A non-finite pseudo-reward, loss or gradient raises `NonFiniteLossError` naming the step before
+    any parameter update; the last checkpoint on disk is left untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fdpg_core.divergences import Divergence, get_divergence
+from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
+from fdpg_core.losses import fdpg_loss, pseudo_reward
+from fdpg_core.sampling import Samples, decode, sample, score
+from fdpg_core.targets import Scored, Target, _eval_mode
+
+__all__ = ["FDPGConfig", "NonFiniteLossError", "train", "CHECKPOINT_NAME", "HISTORY_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.jsonl"
+
+_BASELINES = ("ema", "window", "none")
+_PROPOSALS = ("online", "offline")
+# config fields that may change between a run and its resume
+_RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a step whose pseudo-reward, loss or gradient is not finite."""
+
+
+@dataclass
+class FDPGConfig:
+    """Settings of `train`. Unknown keys raise ValueError listing the allowed ones."""
+
+    divergence: str | Divergence = "js"
+    """f-divergence to minimise: a key of divergences.DIVERGENCES (kl, rkl, js, tv, chi2, rchi2, hellinger) or a
+    Divergence (e.g. alpha_divergence(0.5)). js is the paper's recommended default."""
+    n_steps: int = 1000
+    """number of parameter updates (steps), one per batch; resume continues up to this number."""
+    batch_size: int = 256
+    """samples per update N (PAPER §6: 256 for GPT-2 tasks)."""
+    grad_accum: int = 1
+    """micro-batches per update (must divide batch_size); the update equals the full-batch one."""
+    samples_per_context: int | None = None
+    """rows per context in a batch (must divide batch_size). None: batch_size // C when C divides batch_size
+    (every context in every batch), else 1 (contexts assigned round-robin to rows)."""
+    max_new_tokens: int = 40
+    """generated tokens per sample (after the prompt)."""
+    lr: float = 1.41e-5
+    """Adam learning rate after warm-up (> 0)."""
+    warmup_steps: int = 100
+    """linear warm-up: lr · min(1, (u + 1) / warmup_steps) at update u; 0 = constant lr."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam (β1, β2), each in [0, 1)."""
+    adam_eps: float = 1e-8
+    """Adam ε (> 0)."""
+    max_grad_norm: float | None = None
+    """clip the gradient's global L2 norm to this value (> 0); None = no clipping (the norm is still logged)."""
+    baseline: str = "ema"
+    """baseline subtracted from f′: 'ema' (exponential moving average of previous batch means of f′), 'window'
+    (mean of the last baseline_window batch means), 'none' (0)."""
+    baseline_ema: float = 0.9
+    """EMA decay d in [0, 1) for baseline='ema' (B ← d·B + (1−d)·mean f′). 0.9 follows E_π[f′] within ~10 steps;
+    on the toy a slow 0.99 lagged behind the fast early change of E_π[f′] and made js collapse (the lag acts as a
+    reward for whatever was sampled)."""
+    baseline_window: int = 100
+    """number of previous steps averaged for baseline='window' (≥ 1)."""
+    proposal: str = "online"
+    """'online': sample from π_θ (q = π_θ, w = 1); 'offline': sample from a frozen copy q of π_θ, importance
+    weights π_θ/q, q ← π_θ when the IS estimate of KL(p‖π_θ) falls below that of KL(p‖q)."""
+    seed: int = 0
+    """seed of the sampling generator (torch.Generator on the device); global RNGs are not seeded."""
+    log_every: int = 1
+    """compute and append batch metrics to the history every this many steps (≥ 1); the last step is always logged."""
+    eval_every: int | None = None
+    """call metrics_fn(policy, step) every this many steps (≥ 1); None: at step 0 and at the end only."""
+    checkpoint_every: int | None = None
+    """write out_dir/checkpoint.pt every this many steps (≥ 1); it is always written at the end. None: end only."""
+    out_dir: str | None = None
+    """folder for history.jsonl and checkpoint.pt; None = write no files (resume impossible)."""
+    device: str | None = None
+    """device to train on ('cpu', 'cuda', ...); None = the policy's device. The policy is moved there."""
+    eos_token_id: int | None = None
+    """EOS id ending a sample; None = tokenizer.eos_token_id, then policy.config.eos_token_id."""
+    pad_token_id: int | None = None
+    """filler after EOS; None = tokenizer.pad_token_id, then the EOS id."""
+    progress: bool = True
+    """show a tqdm progress bar."""
+
+    def __post_init__(self):
+        bad = []
+
+        def need(ok, name, allowed):
+            if not ok:
+                bad.append(f"{name}={getattr(self, name)!r} (allowed: {allowed})")
+
+        get_divergence(self.divergence)  # raises ValueError listing the keys
+
+        def is_int(x, lo):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+        def is_num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        need(is_int(self.n_steps, 0), "n_steps", "int >= 0")
+        need(is_int(self.batch_size, 1), "batch_size", "int >= 1")
+        need(is_int(self.grad_accum, 1) and is_int(self.batch_size, 1) and self.batch_size % self.grad_accum == 0,
+             "grad_accum", "int >= 1 dividing batch_size")
+        need(self.samples_per_context is None or (is_int(self.samples_per_context, 1) and is_int(self.batch_size, 1)
+                                                  and self.batch_size % self.samples_per_context == 0),
+             "samples_per_context", "None or an int >= 1 dividing batch_size")
+        need(is_int(self.max_new_tokens, 1), "max_new_tokens", "int >= 1")
+        need(is_num(self.lr) and self.lr > 0, "lr", "finite float > 0")
+        need(is_int(self.warmup_steps, 0), "warmup_steps", "int >= 0")
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        need(isinstance(self.adam_betas, tuple) and len(self.adam_betas) == 2
+             and all(is_num(b) and 0 <= b < 1 for b in self.adam_betas), "adam_betas", "two floats in [0, 1)")
+        need(is_num(self.adam_eps) and self.adam_eps > 0, "adam_eps", "finite float > 0")
+        need(self.max_grad_norm is None or (is_num(self.max_grad_norm) and self.max_grad_norm > 0),
+             "max_grad_norm", "None or float > 0")
+        need(self.baseline in _BASELINES, "baseline", list(_BASELINES))
+        need(is_num(self.baseline_ema) and 0 <= self.baseline_ema < 1, "baseline_ema", "float in [0, 1)")
+        need(is_int(self.baseline_window, 1), "baseline_window", "int >= 1")
+        need(self.proposal in _PROPOSALS, "proposal", list(_PROPOSALS))
+        need(is_int(self.seed, 0), "seed", "int >= 0")
+        need(is_int(self.log_every, 1), "log_every", "int >= 1")
+        need(self.eval_every is None or is_int(self.eval_every, 1), "eval_every", "None or int >= 1")
+        need(self.checkpoint_every is None or is_int(self.checkpoint_every, 1), "checkpoint_every",
+             "None or int >= 1")
+        need(self.out_dir is None or isinstance(self.out_dir, (str, os.PathLike)), "out_dir", "None or a path")
+        need(self.eos_token_id is None or is_int(self.eos_token_id, 0), "eos_token_id", "None or int >= 0")
+        need(self.pad_token_id is None or is_int(self.pad_token_id, 0), "pad_token_id", "None or int >= 0")
+        need(isinstance(self.progress, bool), "progress", "True or False")
+        if bad:
+            raise ValueError("FDPGConfig: invalid value(s): " + "; ".join(bad))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FDPGConfig":
+        """Build from a dict (e.g. a notebook's parameters); unknown keys raise ValueError."""
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict (the divergence by its name)."""
+        d = asdict(self)
+        d["divergence"] = get_divergence(self.divergence).name
+        d["adam_betas"] = list(self.adam_betas)
+        d["out_dir"] = None if self.out_dir is None else str(self.out_dir)
+        return d
+
+
+def _reject_unknown_keys(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        allowed = [f.name for f in fields(type(self))]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"FDPGConfig: unknown key(s) {unknown}; allowed keys: {allowed}")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+FDPGConfig.__init__ = _reject_unknown_keys(FDPGConfig.__init__)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _update_log_S(log_S: Tensor, count: Tensor, rows: Tensor, log_r: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-context cumulative log Σ P/q and counts: log S_c ← logaddexp(log S_c, logsumexp_{i: c_i=c} log r_i)."""
+    C = log_S.numel()
+    log_r = log_r.to(log_S)  # (B,) log P − log q, float64
+    m = torch.full((C,), -math.inf, dtype=log_S.dtype, device=log_S.device)
+    m = m.scatter_reduce(0, rows, log_r, "amax")  # (C,) per-context max
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.zeros_like(m).index_add(0, rows, torch.exp(log_r - m_safe[rows]))  # (C,) Σ exp(log r − max)
+    batch_lse = m_safe + torch.log(s)  # (C,), −inf where no mass
+    return torch.logaddexp(log_S, batch_lse), count + torch.bincount(rows, minlength=C).to(count)
+
+
+def _baseline_value(cfg: FDPGConfig, st: dict) -> Tensor:
+    """B from previous steps' batch means of f′ (0-d float64)."""
+    if cfg.baseline == "ema":
+        return st["b_ema"]
+    if cfg.baseline == "window":
+        n = int(min(st["b_n"], cfg.baseline_window))
+        return st["b_buf"][:n].mean() if n else torch.zeros_like(st["b_ema"])
+    return torch.zeros_like(st["b_ema"])
+
+
+def _baseline_update(cfg: FDPGConfig, st: dict, fp_mean: Tensor) -> None:
+    fp_mean = fp_mean.detach().to(st["b_ema"])
+    if cfg.baseline == "ema":  # first observation initialises the EMA
+        d = cfg.baseline_ema if st["b_n"] > 0 else 0.0
+        st["b_ema"] = d * st["b_ema"] + (1 - d) * fp_mean
+    elif cfg.baseline == "window":
+        st["b_buf"][st["b_n"] % cfg.baseline_window] = fp_mean  # ring buffer
+    st["b_n"] += 1
+
+
+def _score_target(target: Target, samples: Samples, k: int, device) -> Scored:
+    """target.score in k row chunks (memory), concatenated on `device`."""
+    B = len(samples)
+    parts = [target.score(samples.index(slice(j * B // k, (j + 1) * B // k))) for j in range(k)]
+    feats = {n: torch.cat([p.features[n].to(device) for p in parts]) for n in parts[0].features}
+    return Scored(log_a=torch.cat([p.log_a.to(device) for p in parts]),
+                  log_P=torch.cat([p.log_P.to(device) for p in parts]), features=feats)
+
+
+def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
+    """E_π[x] ≈ Σ w x / Σ w with w = π/q (plain mean on-policy)."""
+    x = x.to(torch.float64)
+    if log_w is None:
+        return x.mean()
+    w = torch.softmax(log_w.to(torch.float64), 0)  # (B,), Σ = 1
+    return (w * x).sum()
+
+
+def _jsonable(rec: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": gen.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    gen.set_state(st["sampler"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
+    eos = cfg.eos_token_id
+    if eos is None and tokenizer is not None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(policy.config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    pad = cfg.pad_token_id
+    if pad is None and tokenizer is not None:
+        pad = getattr(tokenizer, "pad_token_id", None)
+    pad = eos if pad is None else pad
+    if pad is None:
+        raise ValueError("train: no pad token id (config.pad_token_id, tokenizer.pad_token_id and the EOS id are "
+                         "all None); set FDPGConfig.pad_token_id")
+    return eos, pad
+
+
+# --------------------------------------------------------------------------------------------- train
+def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor], config: FDPGConfig | dict, *,
+          tokenizer=None, metrics_fn: Callable | None = None, callbacks: Sequence[Callable] = (),
+          proposal: torch.nn.Module | None = None, resume: bool = False) -> list[dict]:
+    """Train `policy` towards `target` by f-DPG (Algorithm 1); returns the history (list of metric records).
+
+    prompts: (prompt_ids (C, Tp), prompt_mask (C, Tp)), left padded: one row per context
+        (C = 1 with a BOS prompt for unconditional targets, see sampling.bos_prompts).
+    tokenizer: if given, samples.texts is filled (sampling.decode) before the target scores them.
+    metrics_fn(policy, step) -> dict of floats, merged into the record of `step` (evaluated on the
+        parameters before that step's update) every config.eval_every steps, and at the end (step = n_steps).
+    callbacks: each called as cb(record, policy) after a record is appended.
+    proposal: offline mode only: the initial proposal q (e.g. the base model a when π_θ starts elsewhere);
+        default a frozen copy of `policy`. It is copied, never modified.
+    resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline,
+        proposal, RNG states); history.jsonl is truncated to the checkpoint's step.
+    Record keys: step, train/{loss, baseline, lr, grad_norm, pseudo_reward, samples_seen, skipped_steps},
+    target/log_Z, z/ess, div/{kl_p_pi, tv_p_pi, js_p_pi, kl_pi_a}, align/<feature>, entropy/seq,
+    (offline) proposal/{ess, kl_p_q, replaced}; plus metrics_fn's keys.
+    """
+    cfg = config if isinstance(config, FDPGConfig) else FDPGConfig.from_dict(config)
+    div = get_divergence(cfg.divergence)
+    device = torch.device(cfg.device) if cfg.device is not None else next(policy.parameters()).device
+    policy.to(device)
+    if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
+        raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
+    prompt_ids, prompt_mask = (torch.as_tensor(p).to(device) for p in prompts)
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
+                         f"and {tuple(prompt_mask.shape)}")
+    eos, pad = _resolve_ids(cfg, policy, tokenizer)
+    C, B, k = prompt_ids.shape[0], cfg.batch_size, cfg.grad_accum
+    n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
+    m_ctx = B // n_per  # contexts per batch
+    online = cfg.proposal == "online"
+    out_dir = None if cfg.out_dir is None else str(cfg.out_dir)
+    ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
+    hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
+
+    # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    warm = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
+    if proposal is not None and online:
+        raise ValueError("train: a proposal model needs config.proposal='offline' (got 'online')")
+    if not online:  # q = frozen copy of π_θ (or of the given proposal)
+        proposal = copy.deepcopy(policy if proposal is None else proposal).to(device).eval().requires_grad_(False)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    st = {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
+          "count": torch.zeros(C, dtype=torch.float64, device=device),
+          "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
+          "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
+          "samples_seen": 0, "skipped": 0, "replaced": 0}
+    history: list[dict] = []
+    if resume:
+        if ckpt_path is None or not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"train(resume=True): no checkpoint at {ckpt_path!r} (config.out_dir="
+                                    f"{cfg.out_dir!r})")
+        # our own file (python RNG tuples): weights_only=False. Load on CPU: RNG states must stay CPU ByteTensors;
+        # load_state_dict copies tensors onto the modules' / optimizer's device.
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved, now = ck["config"], cfg.to_dict()
+        diff = {key: (saved.get(key), now[key]) for key in now if key not in _RESUMABLE and saved.get(key) != now[key]}
+        if diff:
+            raise ValueError(f"train(resume=True): config differs from the checkpoint's in {diff} "
+                             f"(only {sorted(_RESUMABLE)} may change)")
+        policy.load_state_dict(ck["policy"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if proposal is not None:
+            proposal.load_state_dict(ck["proposal"])
+        st = ck["state"]
+        st = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in st.items()}
+        _set_rng_state(ck["rng"], gen)
+        if hist_path and os.path.exists(hist_path):
+            with open(hist_path) as fh:
+                history = [r for r in map(json.loads, fh) if r["step"] < st["step"]]
+            with open(hist_path, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in history)
+    elif out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        open(hist_path, "w").close()
+
+    def emit(rec: dict) -> None:
+        rec = _jsonable(rec)
+        history.append(rec)
+        if hist_path:
+            with open(hist_path, "a") as fh:
+                fh.write(json.dumps(rec, allow_nan=False) + "\n")
+        for cb in callbacks:
+            cb(rec, policy)
+
+    def checkpoint(next_step: int) -> None:
+        if ckpt_path is None:
+            return
+        _save(ckpt_path, {"config": cfg.to_dict(), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(),
+                          "proposal": None if proposal is None else proposal.state_dict(),
+                          "state": {**st, "step": next_step}, "rng": _rng_state(gen)})
+
+    def fail(step: int, what: str) -> NonFiniteLossError:
+        optimizer.zero_grad(set_to_none=True)
+        where = (f"the last checkpoint {ckpt_path!r} is kept" if ckpt_path and os.path.exists(ckpt_path)
+                 else "no checkpoint was written" + ("" if ckpt_path else " (out_dir=None)"))
+        return NonFiniteLossError(f"f-DPG stopped at step {step}: {what}. No update was applied at this step "
+                                  f"(the policy holds the parameters before step {step}); {where}.")
+
+    start = st["step"]
+    pbar = tqdm(range(start, cfg.n_steps), initial=start, total=cfg.n_steps, disable=not cfg.progress,
+                desc=f"f-DPG[{div.name}]")
+    with _eval_mode(policy), contextlib.closing(pbar):  # no dropout: log π_θ must be the sampled distribution's
+        for step in pbar:
+            t0 = time.perf_counter()
+            rec: dict = {"step": step}
+            if metrics_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == 0):
+                rec.update(metrics_fn(policy, step))  # on θ before this step's update
+            log_now = step % cfg.log_every == 0 or step == cfg.n_steps - 1
+
+            # 2. contexts of this batch (n_per rows each, round-robin over the C contexts) and samples x ~ q
+            ctx = (step * m_ctx + torch.arange(m_ctx, device=device)) % C  # (m,)
+            rows = ctx.repeat_interleave(n_per)  # (B,)
+            sampler_model = policy if online else proposal
+            samples = sample(sampler_model, prompt_ids[rows], prompt_mask[rows], cfg.max_new_tokens,
+                             eos_token_id=eos, pad_token_id=pad, context_ids=rows, generator=gen)
+            if tokenizer is not None:
+                decode(samples, tokenizer)
+            log_q = samples.log_q  # (B,) log q(x), no grad
+
+            # 3. target: log a, log P, features; then Ẑ_c (cumulative, BEFORE the loss)
+            scored = _score_target(target, samples, k, device)
+            log_P = scored.log_P  # (B,)
+            if torch.isnan(log_P).any() or (log_P == math.inf).any():
+                raise ValueError(f"f-DPG step {step}: the target returned log P = NaN or +inf; allowed: finite or -inf")
+            st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, log_P - log_q)
+            log_Z_c = st["log_S"] - torch.log(st["count"])  # (C,) log Ẑ_c (NaN for unseen contexts)
+            log_Z_rows = log_Z_c[rows]  # (B,)
+            valid = torch.isfinite(log_Z_rows)  # rows whose context has Ẑ_c > 0
+            n_valid_micro = valid.view(k, B // k).sum(1).tolist()  # one sync per step
+            n_valid = sum(n_valid_micro)
+            st["samples_seen"] += B
+            if n_valid == 0:  # zero target mass so far: skip, no update
+                st["skipped"] += 1
+                rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"],
+                            "train/skipped": 1})
+                emit(rec)
+                if ckpt_path and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+                                  or step + 1 == cfg.n_steps):
+                    checkpoint(step + 1)
+                continue
+
+            # 4. loss over micro-batches: Σ_j fdpg_loss(micro_j)·n_j/n = full-batch mean; backward each
+            b_used = _baseline_value(cfg, st)  # B from previous steps, in units of f′
+            log_pi = torch.zeros(B, dtype=log_q.dtype, device=device)  # (B,) detached log π_θ
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            mb = B // k
+            for j in range(k):
+                if n_valid_micro[j] == 0:
+                    continue
+                sl = slice(j * mb, (j + 1) * mb)
+                lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
+                lP, lZ, lq = log_P[sl], log_Z_rows[sl], log_q[sl]
+                if n_valid_micro[j] < mb:  # drop rows of contexts with Ẑ_c = 0
+                    v = valid[sl]
+                    lp_v, lP, lZ, lq = lp[v], lP[v], lZ[v], lq[v]
+                else:
+                    lp_v = lp
+                fp = -pseudo_reward(lp_v.detach(), lP, lZ, div)  # f′(t) (n_j,)
+                if not torch.isfinite(fp).all():
+                    raise fail(step, f"non-finite pseudo-reward −f′ for divergence {div.name!r} (log P = −inf "
+                                     f"on {int((lP == -math.inf).sum())} samples; reverse KL needs a finite log_b "
+                                     "floor, e.g. BinaryFactor(..., log_floor=-10), or use kl/js/tv)")
+                loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if online else lq, baseline=b_used)
+                loss = loss * (n_valid_micro[j] / n_valid)  # micro-batch weight n_j / n
+                if not torch.isfinite(loss):
+                    raise fail(step, f"non-finite loss {loss.item()}")
+                loss.backward()
+                loss_sum += loss.detach()
+                log_pi[sl] = lp.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+            if not torch.isfinite(grad_norm):
+                raise fail(step, f"non-finite gradient norm {grad_norm.item()}")
+
+            # 5. statistics of the valid rows (θ before the update)
+            if n_valid < B:
+                lp_v, lP_v, lZ_v, lq_v = log_pi[valid], log_P[valid], log_Z_rows[valid], log_q[valid]
+                la_v, feats = scored.log_a[valid], {n: f[valid] for n, f in scored.features.items()}
+            else:
+                lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, log_P, log_Z_rows, log_q, scored.log_a, scored.features
+            log_w = None if online else lp_v - lq_v  # log π/q (B,)
+            lp_norm = (lP_v.double() - lZ_v).to(lp_v.dtype)  # log p = log P − log Ẑ_c (per row)
+            fp_all = -pseudo_reward(lp_v, lP_v, lZ_v, div)  # (n,) f′
+            fp_mean = _snis_mean(fp_all, log_w)
+
+            # 6. offline: q ← π_θ when KL̂(p‖π_θ) < KL̂(p‖q) on the same proposal samples
+            replaced = False
+            if not online:
+                kl_p_pi = is_divergence("kl", lp_v, lp_norm, lq_v, 0.0)
+                kl_p_q = is_divergence("kl", lq_v, lp_norm, lq_v, 0.0)
+                if bool(kl_p_pi < kl_p_q):
+                    proposal.load_state_dict(policy.state_dict())  # θ before this update
+                    st["replaced"] += 1
+                    replaced = True
+
+            # 7. Adam step with warm-up, then the baseline update (uses this batch: valid from the next step on)
+            lr_used = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            _baseline_update(cfg, st, fp_mean)
+
+            # 8. metrics (one host transfer), history, checkpoint
+            if log_now:
+                vals = {"train/loss": loss_sum, "train/baseline": b_used, "train/grad_norm": grad_norm,
+                        "train/pseudo_reward": -fp_mean,
+                        "target/log_Z": log_Z_c[ctx][torch.isfinite(log_Z_c[ctx])].mean(),
+                        "z/ess": ess(lP_v.double() - lq_v.double(), fraction=True),
+                        "div/kl_p_pi": is_divergence("kl", lp_v, lp_norm, lq_v, 0.0),
+                        "div/tv_p_pi": is_divergence("tv", lp_v, lp_norm, lq_v, 0.0),
+                        "div/js_p_pi": is_divergence("js", lp_v, lp_norm, lq_v, 0.0),
+                        "div/kl_pi_a": kl_pi_a(lp_v, la_v, None if online else lq_v),
+                        "entropy/seq": sequence_entropy(lp_v) if online else _snis_mean(-lp_v, log_w)}
+                vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in feats.items()})
+                if not online:
+                    vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": kl_p_q})
+                floats = torch.stack([v.to(device=device, dtype=torch.float64) for v in vals.values()]).tolist()
+                rec.update(zip(vals.keys(), floats))
+                rec.update({"train/lr": lr_used, "train/samples_seen": st["samples_seen"],
+                            "train/skipped_steps": st["skipped"], "time/step_s": time.perf_counter() - t0})
+                if not online:
+                    rec.update({"proposal/replaced": st["replaced"], "proposal/replaced_now": int(replaced)})
+                pbar.set_postfix(loss=f"{rec['train/loss']:.3g}", kl_p_pi=f"{rec['div/kl_p_pi']:.3g}", refresh=False)
+            if log_now or len(rec) > 1:
+                emit(rec)
+            if ckpt_path and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+                              or step + 1 == cfg.n_steps):
+                checkpoint(step + 1)
+    if metrics_fn is not None and start < cfg.n_steps:
+        emit({"step": cfg.n_steps, **metrics_fn(policy, cfg.n_steps)})
+    return history

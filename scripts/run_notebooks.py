@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Run the kit's notebooks with papermill at a preset.
+
+    python scripts/run_notebooks.py --preset smoke            # every notebook at its defaults, into a temp dir
+    python scripts/run_notebooks.py --preset cpu --only 00    # notebooks/params/00_*.cpu.yaml: committed results
+    python scripts/run_notebooks.py --preset smoke --only 00 --update-checks
+
+smoke: the notebook's own defaults (the parameters cell), with out_dir / fig_dir redirected into a temp dir
+(or --work-dir), so the committed results and figures are never touched.
+cpu / paper: the parameters of notebooks/params/<notebook>.<preset>.yaml (as `papermill -f`); their out_dir is
+data/results/<experiment>/<preset> and fig_dir figures/<experiment>/ (relative to the repo root).
+Executed notebooks (with outputs) go to the work dir, never next to the committed ones.
+--update-checks (smoke only): copy the outputs of the `# NBVAL_CHECK_OUTPUT` cells of the executed notebook back
+into the committed notebook (every other output stays cleared): the reference `make nbval` compares against.
+
+Run it with the venv's python (the python3 kernel is the calling interpreter).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry point: import the repo's fdpg_core
+
+import nbformat  # noqa: E402
+import yaml  # noqa: E402
+
+from fdpg_core.notebook import NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, run_notebook  # noqa: E402
+
+PRESETS = ("smoke", "cpu", "paper")
+
+
+def preset_parameters(nb: Path, preset: str, work: Path) -> dict:
+    """Parameters papermill injects for `preset` (ValueError when the preset file is missing)."""
+    if preset == "smoke":
+        return {"preset": "smoke", "out_dir": str(work / nb.stem / "results"), "fig_dir": str(work / nb.stem / "figures")}
+    path = NOTEBOOK_DIR / "params" / f"{nb.stem}.{preset}.yaml"
+    if not path.exists():
+        raise ValueError(f"{nb.name}: no preset file {path.relative_to(NOTEBOOK_DIR.parent)}; allowed presets here: "
+                         f"{['smoke'] + sorted(p.suffixes[-2][1:] for p in path.parent.glob(nb.stem + '.*.yaml'))}")
+    params = yaml.safe_load(path.read_text()) or {}
+    return {**params, "preset": preset}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=PRESETS, default="smoke")
+    ap.add_argument("--only", nargs="+", help="notebook prefixes or names, e.g. 00 01_scalar_preference")
+    ap.add_argument("--work-dir", type=Path, help="where executed notebooks (and smoke results) go; default: temp dir")
+    ap.add_argument("--update-checks", action="store_true",
+                    help="smoke only: store the NBVAL_CHECK_OUTPUT cells' outputs in the committed notebooks")
+    ap.add_argument("--log-output", action="store_true", help="stream cell outputs to the terminal")
+    args = ap.parse_args(argv)
+    if args.update_checks and args.preset != "smoke":
+        ap.error("--update-checks needs --preset smoke (nbval runs the notebooks at their defaults)")
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fdpg_notebooks_{args.preset}_"))
+    work.mkdir(parents=True, exist_ok=True)
+    failed, t_all = [], time.perf_counter()
+    for nb in list_notebooks(args.only):
+        params = preset_parameters(nb, args.preset, work)
+        out = work / f"{nb.stem}.{args.preset}.ipynb"
+        t0 = time.perf_counter()
+        try:
+            run_notebook(nb, out, params, log_output=args.log_output)
+        except Exception as e:  # report every notebook, then fail
+            failed.append(nb.name)
+            print(f"FAILED {nb.name} ({time.perf_counter() - t0:.1f} s): {type(e).__name__}: {str(e)[:2000]}")
+            continue
+        print(f"ok     {nb.name} [{args.preset}] {time.perf_counter() - t0:.1f} s -> {out}")
+        if args.update_checks:
+            nbformat.write(copy_checked_outputs(nbformat.read(nb, as_version=4), nbformat.read(out, as_version=4)), nb)
+            print(f"       updated the NBVAL_CHECK_OUTPUT reference outputs of {nb.name}")
+    print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all ok'} in {time.perf_counter() - t_all:.1f} s "
+          f"(work dir {work})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
