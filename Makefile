@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv demo test lab clean-venv
+.PHONY: venv demo test lab notebooks figures nbval nbval-update bench clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,26 @@ demo: $(STAMP)
 ## make test: every test (unit tests of the mathematics, sampler, targets, training, data).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+## make notebooks: every notebook at its smoke defaults (papermill), into a temp dir.
+notebooks: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py --preset smoke
+
+## make figures: the cpu preset of every notebook: writes data/results/<experiment>/cpu and figures/<experiment>.
+figures: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py --preset cpu
+
+## make nbval: re-executes the notebooks and compares each final summary cell with its stored output.
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks/
+
+## make nbval-update: refresh the stored summary outputs after a deliberate change (review the diff).
+nbval-update: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py --preset smoke --update-checks
+
+## make bench: sampler and f-DPG step against generate()-based baselines; writes figures/bench/<machine>.{json,md}.
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
 
 ## make lab: JupyterLab on the notebooks.
 lab: $(STAMP)

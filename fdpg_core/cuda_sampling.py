@@ -76,7 +76,8 @@ def _attend(q, k, v, allowed, scale) -> torch.Tensor:
     """Masked attention. q (B, nh, S, hd), k/v (B, nkv, Sk, hd), allowed (B, 1, S, Sk) bool -> (B, S, nh·hd).
 
     Grouped-query attention without copying the cache: the g = nh/nkv query heads sharing a kv head become g·S
-    query rows of that head (HF's repeat_kv order: head h uses kv head h // g)."""
+    query rows of that head (HF's repeat_kv order: head h uses kv head h // g). On CPU an explicit
+    softmax(q kᵀ·scale + mask) v: torch's CPU flash kernel costs ~1 ms per call for one query row."""
     B, nh, S, hd = q.shape
     nkv = k.shape[1]
     g = nh // nkv
@@ -84,8 +85,12 @@ def _attend(q, k, v, allowed, scale) -> torch.Tensor:
         q = q.reshape(B, nkv, g * S, hd)  # (B, nkv, g·S, hd)
         if S > 1:
             allowed = allowed.repeat(1, 1, g, 1)  # (B, 1, g·S, Sk), rows ordered (g, S) like q
-    # softmax(q kᵀ · scale + mask) v
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)  # (B, nkv, g·S, hd)
+    if q.device.type == "cuda":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)  # (B, nkv, g·S, hd)
+    else:
+        a = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # (B, nkv, g·S, Sk) scores q·k·scale
+        a = a.masked_fill_(~allowed, float("-inf")).softmax(-1)  # every row has its diagonal: no empty row
+        y = torch.matmul(a, v)  # (B, nkv, g·S, hd)
     return y.reshape(B, nh, S, hd).transpose(1, 2).reshape(B, S, nh * hd)
 
 
@@ -113,6 +118,9 @@ class LeanDecoder:
             base = hd ** -0.5 if cfg.scale_attn_weights else 1.0
             self.scales = [base / (i + 1) if cfg.scale_attn_by_inverse_layer_idx else base
                            for i in range(len(self.blocks))]
+            # gelu_new is ½x(1 + tanh(√(2/π)(x + 0.044715x³))): the same function as torch's fused tanh-GELU
+            tanh_gelu = cfg.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+            self.act = (lambda x: F.gelu(x, approximate="tanh")) if tanh_gelu else self.blocks[0].mlp.act
         else:
             self.body = model.model
             self.blocks = list(self.body.layers)[: cfg.num_hidden_layers]
@@ -171,7 +179,8 @@ class LeanDecoder:
             v = v.view(B, S, self.nh, self.hd).transpose(1, 2)
             kc, vc = self._write(i, k, v, cache_pos, qpos, Sk)
             h = h + blk.attn.c_proj(_attend(q, kc, vc, allowed, self.scales[i]))  # residual
-            h = h + blk.mlp(blk.ln_2(h))
+            mlp = blk.mlp  # c_fc -> act -> c_proj (its dropout is the identity in eval mode: skipped)
+            h = h + mlp.c_proj(self.act(mlp.c_fc(blk.ln_2(h))))
         return self.body.ln_f(h)
 
     def _llama(self, x, pos, cache_pos, qpos, Sk, allowed):

@@ -82,7 +82,8 @@ def parameters_cell(nb) -> tuple[dict, dict]:
     Each line must be `name = <python literal>  # comment` (blank lines and whole-line comments allowed);
     anything else raises ValueError naming the line.
     """
-    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [c for c in nb["cells"]
+             if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"expected exactly one code cell tagged 'parameters', found {len(cells)}")
     params = {}
@@ -134,5 +135,5 @@ def copy_checked_outputs(nb, executed):
         if c["cell_type"] == "code" and CHECK_MARK in _source(c):
             if c.get("id") not in ran:
                 raise ValueError(f"copy_checked_outputs: cell {c.get('id')!r} is missing from the executed notebook")
-            c["outputs"] = clear_outputs({"cells": [ran[c["id"]]], "metadata": {}})["cells"][0]["outputs"]
-    return out
+            c["outputs"] = copy.deepcopy(ran[c["id"]]["outputs"])
+    return clear_outputs(out)  # normalise: execution counts, papermill metadata

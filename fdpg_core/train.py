@@ -28,6 +28,13 @@ Decisions (see also the field docs of `FDPGConfig`):
     (θ before this step's update, the one whose KL was estimated).
   * A non-finite pseudo-reward, loss or gradient raises `NonFiniteLossError` naming the step before
     any parameter update; the last checkpoint on disk is left untouched.
+  * Several processes (torchrun, see fdpg_core/distributed.py and docs/DISTRIBUTED.md): batch_size is the
+    global batch; rank r samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the
+    per-sample scalars (log q, log P, log a, features, log π) are all-gathered so Ẑ_c, the baseline, the
+    offline decision and every metric are the single-process computation on the global batch, identical on
+    every rank; the gradients are summed (each rank's loss carries 1/n of the global batch). Rank 0 alone
+    writes history.jsonl and checkpoint.pt (with every rank's RNG state); a non-finite value on any rank
+    stops every rank with the same NonFiniteLossError.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fdpg_core import distributed as dist_
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import fdpg_loss, pseudo_reward
@@ -77,9 +85,10 @@ class FDPGConfig:
     n_steps: int = 1000
     """number of parameter updates (steps), one per batch; resume continues up to this number."""
     batch_size: int = 256
-    """samples per update N (PAPER §6: 256 for GPT-2 tasks)."""
+    """samples per update N (PAPER §6: 256 for GPT-2 tasks). With W processes (torchrun) this is the global batch:
+    each rank samples batch_size / W rows, so W · grad_accum must divide it."""
     grad_accum: int = 1
-    """micro-batches per update (must divide batch_size); the update equals the full-batch one."""
+    """micro-batches per update and per process (must divide batch_size / W); the update equals the full-batch one."""
     samples_per_context: int | None = None
     """rows per context in a batch (must divide batch_size). None: batch_size // C when C divides batch_size
     (every context in every batch), else 1 (contexts assigned round-robin to rows)."""
@@ -108,7 +117,8 @@ class FDPGConfig:
     """'online': sample from π_θ (q = π_θ, w = 1); 'offline': sample from a frozen copy q of π_θ, importance
     weights π_θ/q, q ← π_θ when the IS estimate of KL(p‖π_θ) falls below that of KL(p‖q)."""
     seed: int = 0
-    """seed of the sampling generator (torch.Generator on the device); global RNGs are not seeded."""
+    """seed of the sampling generator (torch.Generator on the device); global RNGs are not seeded. With W processes
+    rank r's generator is seeded seed + 1000·r (distributed.rank_seed)."""
     log_every: int = 1
     """compute and append batch metrics to the history every this many steps (≥ 1); the last step is always logged."""
     eval_every: int | None = None
@@ -118,7 +128,8 @@ class FDPGConfig:
     out_dir: str | None = None
     """folder for history.jsonl and checkpoint.pt; None = write no files (resume impossible)."""
     device: str | None = None
-    """device to train on ('cpu', 'cuda', ...); None = the policy's device. The policy is moved there."""
+    """device to train on ('cpu', 'cuda', ...); None = the policy's device. The policy is moved there. Under torchrun
+    a CUDA device without an index becomes cuda:LOCAL_RANK (one GPU per process)."""
     eos_token_id: int | None = None
     """EOS id ending a sample; None = tokenizer.eos_token_id, then policy.config.eos_token_id."""
     pad_token_id: int | None = None
@@ -244,6 +255,14 @@ def _score_target(target: Target, samples: Samples, k: int, device) -> Scored:
                   log_P=torch.cat([p.log_P.to(device) for p in parts]), features=feats)
 
 
+def _gather_scored(log_q: Tensor, scored: Scored) -> tuple[Tensor, Scored]:
+    """log q and the target's per-sample values of every rank, in global row order (identity in one process)."""
+    names = list(scored.features)
+    log_q, log_a, log_P, *feats = dist_.gather_rows(log_q, scored.log_a, scored.log_P,
+                                                     *(scored.features[n] for n in names))
+    return log_q, Scored(log_a=log_a, log_P=log_P, features=dict(zip(names, feats)))
+
+
 def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
     """E_π[x] ≈ Σ w x / Σ w with w = π/q (plain mean on-policy)."""
     x = x.to(torch.float64)
@@ -298,7 +317,8 @@ def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
 # --------------------------------------------------------------------------------------------- train
 def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor], config: FDPGConfig | dict, *,
           tokenizer=None, metrics_fn: Callable | None = None, callbacks: Sequence[Callable] = (),
-          proposal: torch.nn.Module | None = None, resume: bool = False) -> list[dict]:
+          proposal: torch.nn.Module | None = None, resume: bool = False,
+          sampler: Callable | None = None) -> list[dict]:
     """Train `policy` towards `target` by f-DPG (Algorithm 1); returns the history (list of metric records).
 
     prompts: (prompt_ids (C, Tp), prompt_mask (C, Tp)), left padded: one row per context
@@ -310,7 +330,16 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     proposal: offline mode only: the initial proposal q (e.g. the base model a when π_θ starts elsewhere);
         default a frozen copy of `policy`. It is copied, never modified.
     resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline,
-        proposal, RNG states); history.jsonl is truncated to the checkpoint's step.
+        proposal, RNG states); history.jsonl is truncated to the checkpoint's step. With several processes: the
+        same world size, every rank reading the same out_dir.
+    sampler: draws the batch, called like sampling.sample(model, prompt_ids, prompt_mask, max_new_tokens, *,
+        eos_token_id, pad_token_id, context_ids, generator) -> Samples (default sampling.sample); it must return
+        pure ancestral samples of `model` with their log q. A hook for tests (inject known samples) and for
+        sampler options (functools.partial(sample, impl="hf")).
+    Several processes (torchrun --nproc_per_node W, or an initialised torch.distributed group): batch_size is
+        global (each rank samples batch_size / W rows); metrics_fn runs on every rank (it may use collectives)
+        and rank 0's values are recorded; callbacks, files and the progress bar are rank 0's only; the returned
+        history is the same on every rank (except time/step_s, rank-local).
     Record keys: step, train/{loss, baseline, lr, grad_norm, pseudo_reward, samples_seen, skipped_steps},
     target/log_Z, z/ess, div/{kl_p_pi, tv_p_pi, js_p_pi, kl_pi_a}, align/<feature>, entropy/seq,
     (offline) proposal/{ess, kl_p_q, replaced}; plus metrics_fn's keys.
@@ -318,6 +347,10 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     cfg = config if isinstance(config, FDPGConfig) else FDPGConfig.from_dict(config)
     div = get_divergence(cfg.divergence)
     device = torch.device(cfg.device) if cfg.device is not None else next(policy.parameters()).device
+    device = dist_.local_device(device, keep_index=cfg.device is not None and device.index is not None)
+    rank, W = dist_.init_distributed(device)  # (0, 1) in a plain process; joins torchrun's group otherwise
+    dist_.check_backend(device)
+    rank0 = rank == 0  # rank 0 alone writes files, runs callbacks and shows the progress bar
     policy.to(device)
     if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
         raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
@@ -327,8 +360,15 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                          f"and {tuple(prompt_mask.shape)}")
     eos, pad = _resolve_ids(cfg, policy, tokenizer)
     C, B, k = prompt_ids.shape[0], cfg.batch_size, cfg.grad_accum
+    if B % (W * k):
+        raise ValueError(f"train: batch_size={B} is the global batch and must be divisible by world_size · grad_accum "
+                         f"= {W} · {k} = {W * k} (each of the {W} processes samples batch_size / {W} rows in {k} "
+                         f"micro-batch(es)); allowed: a multiple of {W * k}")
     n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
     m_ctx = B // n_per  # contexts per batch
+    B_loc = B // W  # rows sampled by this rank: global rows [lo, lo + B_loc)
+    lo = rank * B_loc
+    sampler = sample if sampler is None else sampler
     online = cfg.proposal == "online"
     out_dir = None if cfg.out_dir is None else str(cfg.out_dir)
     ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
@@ -341,10 +381,12 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
     if proposal is not None and online:
         raise ValueError("train: a proposal model needs config.proposal='offline' (got 'online')")
+    dist_.broadcast_module(policy)  # every rank starts from rank 0's θ (as DDP does)
     if not online:  # q = frozen copy of π_θ (or of the given proposal)
         proposal = copy.deepcopy(policy if proposal is None else proposal).to(device).eval().requires_grad_(False)
+        dist_.broadcast_module(proposal)
     gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
+    gen.manual_seed(dist_.rank_seed(cfg.seed, rank))  # seed + 1000·rank
     st = {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
           "count": torch.zeros(C, dtype=torch.float64, device=device),
           "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
@@ -363,6 +405,10 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
         if diff:
             raise ValueError(f"train(resume=True): config differs from the checkpoint's in {diff} "
                              f"(only {sorted(_RESUMABLE)} may change)")
+        if ck.get("world_size", 1) != W:
+            raise ValueError(f"train(resume=True): the checkpoint was written by world_size={ck.get('world_size', 1)} "
+                             f"process(es), this run has world_size={W}; allowed: resume with the same number of "
+                             f"processes (torchrun --nproc_per_node {ck.get('world_size', 1)})")
         policy.load_state_dict(ck["policy"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -370,32 +416,39 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
             proposal.load_state_dict(ck["proposal"])
         st = ck["state"]
         st = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in st.items()}
-        _set_rng_state(ck["rng"], gen)
-        if hist_path and os.path.exists(hist_path):
+        _set_rng_state(ck["rng_per_rank"][rank] if W > 1 else ck["rng"], gen)
+        if rank0 and hist_path and os.path.exists(hist_path):
             with open(hist_path) as fh:
                 history = [r for r in map(json.loads, fh) if r["step"] < st["step"]]
             with open(hist_path, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in history)
-    elif out_dir is not None:
+        history = dist_.broadcast_object(history)
+    elif out_dir is not None and rank0:
         os.makedirs(out_dir, exist_ok=True)
         open(hist_path, "w").close()
 
     def emit(rec: dict) -> None:
         rec = _jsonable(rec)
         history.append(rec)
+        if not rank0:
+            return
         if hist_path:
             with open(hist_path, "a") as fh:
                 fh.write(json.dumps(rec, allow_nan=False) + "\n")
         for cb in callbacks:
             cb(rec, policy)
 
-    def checkpoint(next_step: int) -> None:
+    def checkpoint(next_step: int) -> None:  # collective: every rank calls it (RNG states gathered to rank 0)
         if ckpt_path is None:
+            return
+        rngs = dist_.gather_objects(_rng_state(gen))  # [rank 0's, …] on rank 0
+        if not rank0:
             return
         _save(ckpt_path, {"config": cfg.to_dict(), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(),
                           "proposal": None if proposal is None else proposal.state_dict(),
-                          "state": {**st, "step": next_step}, "rng": _rng_state(gen)})
+                          "state": {**st, "step": next_step}, "rng": rngs[0], "world_size": W,
+                          **({"rng_per_rank": rngs} if W > 1 else {})})
 
     def fail(step: int, what: str) -> NonFiniteLossError:
         optimizer.zero_grad(set_to_none=True)
@@ -405,37 +458,39 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                                   f"(the policy holds the parameters before step {step}); {where}.")
 
     start = st["step"]
-    pbar = tqdm(range(start, cfg.n_steps), initial=start, total=cfg.n_steps, disable=not cfg.progress,
+    pbar = tqdm(range(start, cfg.n_steps), initial=start, total=cfg.n_steps, disable=not (cfg.progress and rank0),
                 desc=f"f-DPG[{div.name}]")
     with _eval_mode(policy), contextlib.closing(pbar):  # no dropout: log π_θ must be the sampled distribution's
         for step in pbar:
             t0 = time.perf_counter()
             rec: dict = {"step": step}
             if metrics_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == 0):
-                rec.update(metrics_fn(policy, step))  # on θ before this step's update
+                rec.update(dist_.broadcast_object(metrics_fn(policy, step)))  # on θ before the update; rank 0's
             log_now = step % cfg.log_every == 0 or step == cfg.n_steps - 1
 
             # 2. contexts of this batch (n_per rows each, round-robin over the C contexts) and samples x ~ q
+            #    of this rank's rows [lo, lo + B_loc) of the global batch
             ctx = (step * m_ctx + torch.arange(m_ctx, device=device)) % C  # (m,)
-            rows = ctx.repeat_interleave(n_per)  # (B,)
+            rows = ctx.repeat_interleave(n_per)  # (B,) global
+            rows_loc = rows[lo:lo + B_loc]  # (B_loc,)
             sampler_model = policy if online else proposal
-            samples = sample(sampler_model, prompt_ids[rows], prompt_mask[rows], cfg.max_new_tokens,
-                             eos_token_id=eos, pad_token_id=pad, context_ids=rows, generator=gen)
+            samples = sampler(sampler_model, prompt_ids[rows_loc], prompt_mask[rows_loc], cfg.max_new_tokens,
+                              eos_token_id=eos, pad_token_id=pad, context_ids=rows_loc, generator=gen)
             if tokenizer is not None:
                 decode(samples, tokenizer)
-            log_q = samples.log_q  # (B,) log q(x), no grad
 
-            # 3. target: log a, log P, features; then Ẑ_c (cumulative, BEFORE the loss)
+            # 3. target: log a, log P, features (local), gathered over ranks; then Ẑ_c (cumulative, BEFORE the loss)
             scored = _score_target(target, samples, k, device)
+            log_q, scored = _gather_scored(samples.log_q, scored)  # (B,) log q(x), no grad; global row order
             log_P = scored.log_P  # (B,)
             if torch.isnan(log_P).any() or (log_P == math.inf).any():
                 raise ValueError(f"f-DPG step {step}: the target returned log P = NaN or +inf; allowed: finite or -inf")
             st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, log_P - log_q)
             log_Z_c = st["log_S"] - torch.log(st["count"])  # (C,) log Ẑ_c (NaN for unseen contexts)
             log_Z_rows = log_Z_c[rows]  # (B,)
-            valid = torch.isfinite(log_Z_rows)  # rows whose context has Ẑ_c > 0
-            n_valid_micro = valid.view(k, B // k).sum(1).tolist()  # one sync per step
-            n_valid = sum(n_valid_micro)
+            valid = torch.isfinite(log_Z_rows)  # (B,) rows whose context has Ẑ_c > 0
+            n_valid, *n_valid_micro = torch.cat([valid.sum().view(1),  # global; then this rank's micro-batches
+                                                 valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)]).tolist()  # 1 sync
             st["samples_seen"] += B
             if n_valid == 0:  # zero target mass so far: skip, no update
                 st["skipped"] += 1
@@ -447,34 +502,45 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                     checkpoint(step + 1)
                 continue
 
-            # 4. loss over micro-batches: Σ_j fdpg_loss(micro_j)·n_j/n = full-batch mean; backward each
+            # 4. loss over this rank's micro-batches: Σ_j fdpg_loss(micro_j)·n_j/n (n = global valid rows), summed
+            #    over ranks = the full-batch mean; backward each, then one all-reduce (SUM) of the gradients
             b_used = _baseline_value(cfg, st)  # B from previous steps, in units of f′
-            log_pi = torch.zeros(B, dtype=log_q.dtype, device=device)  # (B,) detached log π_θ
+            log_pi = torch.zeros(B_loc, dtype=log_q.dtype, device=device)  # (B_loc,) detached log π_θ
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            mb = B // k
+            mb = B_loc // k
+            bad = None  # first failure on this rank
             for j in range(k):
                 if n_valid_micro[j] == 0:
                     continue
-                sl = slice(j * mb, (j + 1) * mb)
+                sl = slice(j * mb, (j + 1) * mb)  # local rows
+                sg = slice(lo + j * mb, lo + (j + 1) * mb)  # the same rows in the global batch
                 lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
-                lP, lZ, lq = log_P[sl], log_Z_rows[sl], log_q[sl]
+                lP, lZ, lq = log_P[sg], log_Z_rows[sg], log_q[sg]
                 if n_valid_micro[j] < mb:  # drop rows of contexts with Ẑ_c = 0
-                    v = valid[sl]
+                    v = valid[sg]
                     lp_v, lP, lZ, lq = lp[v], lP[v], lZ[v], lq[v]
                 else:
                     lp_v = lp
                 fp = -pseudo_reward(lp_v.detach(), lP, lZ, div)  # f′(t) (n_j,)
                 if not torch.isfinite(fp).all():
-                    raise fail(step, f"non-finite pseudo-reward −f′ for divergence {div.name!r} (log P = −inf "
-                                     f"on {int((lP == -math.inf).sum())} samples; reverse KL needs a finite log_b "
-                                     "floor, e.g. BinaryFactor(..., log_floor=-10), or use kl/js/tv)")
+                    bad = (f"non-finite pseudo-reward −f′ for divergence {div.name!r} (log P = −inf "
+                           f"on {int((lP == -math.inf).sum())} samples; reverse KL needs a finite log_b "
+                           "floor, e.g. BinaryFactor(..., log_floor=-10), or use kl/js/tv)")
+                    break
                 loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if online else lq, baseline=b_used)
                 loss = loss * (n_valid_micro[j] / n_valid)  # micro-batch weight n_j / n
                 if not torch.isfinite(loss):
-                    raise fail(step, f"non-finite loss {loss.item()}")
+                    bad = f"non-finite loss {loss.item()}"
+                    break
                 loss.backward()
                 loss_sum += loss.detach()
                 log_pi[sl] = lp.detach()
+            if dist_.all_reduce_grads(params, bad is not None):  # a failure on any rank stops every rank
+                msgs = dist_.all_gather_objects(bad)
+                r_bad = next(r for r, m in enumerate(msgs) if m)
+                raise fail(step, msgs[r_bad] + (f" (on rank {r_bad} of {W})" if W > 1 else ""))
+            (log_pi,) = dist_.gather_rows(log_pi)  # (B,) global row order
+            loss_sum = dist_.gather_rows(loss_sum.view(1))[0].sum()  # Σ of the ranks' parts (W,)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
             if not torch.isfinite(grad_norm):
                 raise fail(step, f"non-finite gradient norm {grad_norm.item()}")
@@ -534,5 +600,5 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                               or step + 1 == cfg.n_steps):
                 checkpoint(step + 1)
     if metrics_fn is not None and start < cfg.n_steps:
-        emit({"step": cfg.n_steps, **metrics_fn(policy, cfg.n_steps)})
+        emit({"step": cfg.n_steps, **dist_.broadcast_object(metrics_fn(policy, cfg.n_steps))})
     return history

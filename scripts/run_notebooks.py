@@ -36,7 +36,8 @@ PRESETS = ("smoke", "cpu", "paper")
 def preset_parameters(nb: Path, preset: str, work: Path) -> dict:
     """Parameters papermill injects for `preset` (ValueError when the preset file is missing)."""
     if preset == "smoke":
-        return {"preset": "smoke", "out_dir": str(work / nb.stem / "results"), "fig_dir": str(work / nb.stem / "figures")}
+        return {"preset": "smoke", "out_dir": str(work / nb.stem / "results"),
+                "fig_dir": str(work / nb.stem / "figures")}
     path = NOTEBOOK_DIR / "params" / f"{nb.stem}.{preset}.yaml"
     if not path.exists():
         raise ValueError(f"{nb.name}: no preset file {path.relative_to(NOTEBOOK_DIR.parent)}; allowed presets here: "

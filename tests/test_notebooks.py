@@ -15,7 +15,6 @@ Executed (marked slow; about 25 s each on 2 idle cores):
 """
 import ast
 import math
-import os
 import subprocess
 import sys
 
@@ -111,7 +110,8 @@ def test_committed_clean_and_only_imports(path):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad = [m for m in mods if m.split(".")[0] not in ALLOWED_IMPORTS]
-            assert not bad, f"import of {bad}; allowed: fdpg_core, the standard library, {sorted(ALLOWED_IMPORTS - set(sys.stdlib_module_names))}"
+            extra = sorted(ALLOWED_IMPORTS - set(sys.stdlib_module_names))
+            assert not bad, f"import of {bad}; allowed: fdpg_core, the standard library, {extra}"
 
 
 def test_parameters_cell_rejects_bad_lines_and_clear_outputs_keeps_the_check():
@@ -131,6 +131,7 @@ def test_parameters_cell_rejects_bad_lines_and_clear_outputs_keeps_the_check():
     assert clean.cells[0].execution_count is None and clean.cells[1].execution_count == 1  # nbval needs a count
     fresh = copy_checked_outputs(clean, nb)
     assert fresh.cells[1].outputs == [out] and fresh.cells[0].outputs == []
+    assert clear_outputs(fresh) == fresh and fresh.cells[1].execution_count == 1
 
 
 # ------------------------------------------------------------------------------------------------- (d)

@@ -1,0 +1,343 @@
+"""Data-parallel f-DPG on torch.distributed: the collectives `train()` uses, and a torchrun entry point.
+
+`train()` is unchanged under `torchrun --nproc_per_node W`: it calls `init_distributed` (a no-op in a
+plain process) and, with W > 1 processes, splits each step as below. B = config.batch_size is the GLOBAL
+batch; it must be divisible by W · grad_accum.
+
+    rows of the global batch:  the single-process row → context assignment (B,); rank r takes the rows
+                               [r·B/W, (r+1)·B/W) and samples them with its own generator, seeded
+                               rank_seed(seed, r) = seed + 1000·r  (rank 0 keeps `seed`)
+    1. gather_rows             the per-sample scalars log q, log P, log a and the features of every rank's
+                               rows (one all_gather of an (B/W, K) float64 matrix, exact for fp32/bool/int):
+                               every rank now holds the B-row columns in global row order and updates Ẑ_c
+                               (per context, cumulative) with exactly the single-process arithmetic
+    2. local backward          Σ_{i in rank's rows} (1/n) w_i (f′_i − B) ∇ log π_θ(x_i), n = GLOBAL valid rows
+       all_reduce_grads        SUM over ranks → (1/n) Σ_{i in global batch}: the single-process gradient
+    3. gather_rows             log π_θ(x_i) of every row → baseline, metrics and the offline replace-when-better
+                               decision are the single-process code on the global columns: identical on
+                               every rank; the Adam step is identical on every rank (same reduced gradient)
+
+DDP is not used on purpose: `sampling.score` runs the LM head itself (DDP only hooks `forward`), and a rank
+whose micro-batches hold no row with Ẑ_c > 0 skips their backward (DDP needs the same number of backward
+calls on every rank). One explicit all-reduce of the (bucketed) gradients per step replaces it.
+
+Rank 0 alone writes history.jsonl and checkpoint.pt; the checkpoint holds every rank's RNG states
+(`rng_per_rank`), so resume (same world size) continues each rank's sample stream exactly.
+
+Command line (run by torchrun; scripts/launch_torchrun.py builds the torchrun command):
+    torchrun --standalone --nproc_per_node 2 -m fdpg_core.distributed \\
+        --problem fdpg_core.toy:make_toy_problem --problem-kwargs '{"kind": "binary"}' \\
+        --set divergence=js --set n_steps=50 --set batch_size=64 --set out_dir=runs/toy_binary
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import itertools
+import json
+import os
+import sys
+from datetime import timedelta
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DEFAULT_TIMEOUT_S", "RANK_SEED_STRIDE", "rank_seed", "world_size", "rank", "is_main", "launched",
+           "local_device", "init_distributed", "check_backend", "gather_rows", "all_reduce_grads",
+           "broadcast_module", "broadcast_object", "gather_objects", "all_gather_objects", "main"]
+
+DEFAULT_TIMEOUT_S = 600
+"""collective timeout (s) set on init_process_group (env FDPG_DIST_TIMEOUT_S overrides; torch's own default is
+30 min). A rank stuck longer than this in a collective raises instead of hanging the job."""
+RANK_SEED_STRIDE = 1000
+"""rank r samples with a generator seeded seed + RANK_SEED_STRIDE · r (CPU generators use the low 32 bits of a
+seed, so a 2³² stride would collide)."""
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank `rank`'s sampling generator: seed + 1000·rank (rank 0 keeps the single-process seed)."""
+    return int(seed) + RANK_SEED_STRIDE * int(rank)
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when torch.distributed is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default group (0 when torch.distributed is not initialised)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files (rank 0) and in a plain single process."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True inside a multi-process launch (torchrun sets WORLD_SIZE > 1) or an initialised group of > 1."""
+    return world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_device(device, *, keep_index: bool = False) -> torch.device:
+    """The device of this process: under a launcher a CUDA device becomes cuda:LOCAL_RANK (one GPU per process),
+    unless keep_index (an index the user wrote explicitly). Anything else is returned unchanged."""
+    device = torch.device(device)
+    if device.type == "cuda" and launched() and not keep_index:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def init_distributed(device=None, *, backend: str | None = None, timeout_s: float | None = None) -> tuple[int, int]:
+    """Join the process group torchrun describes (env://: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); returns
+    (rank, world_size). A no-op returning (0, 1) in a plain process, and (rank, W) if a group already exists.
+
+    backend: 'gloo' (CPU) or 'nccl' (CUDA); None chooses by `device` ('nccl' for a CUDA device, else 'gloo').
+    timeout_s: collective timeout; None = env FDPG_DIST_TIMEOUT_S, else DEFAULT_TIMEOUT_S.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("init_distributed: WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    device = torch.device("cpu" if device is None else device)
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"init_distributed: backend={backend!r}; allowed: 'gloo' (CPU), 'nccl' (CUDA), None")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"init_distributed: backend 'nccl' needs a CUDA device, got device={device}; use 'gloo'")
+    if device.type == "cuda":
+        torch.cuda.set_device(local_device(device))  # object collectives and NCCL use the current device
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("FDPG_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    if not timeout_s > 0:
+        raise ValueError(f"init_distributed: timeout_s={timeout_s!r}; allowed: a number of seconds > 0")
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def check_backend(device: torch.device) -> None:
+    """ValueError when the initialised group cannot move tensors of `device` (NCCL with CPU tensors)."""
+    if world_size() > 1 and dist.get_backend() == "nccl" and torch.device(device).type != "cuda":
+        raise ValueError(f"train: the process group uses NCCL but the device is {device}; NCCL needs CUDA "
+                         "tensors (allowed: device='cuda' with nccl, or a gloo group on CPU)")
+
+
+# ------------------------------------------------------------------------------------------ collectives
+def gather_rows(*tensors: Tensor) -> list[Tensor]:
+    """Each tensor's rows concatenated over ranks in rank order: (n, ...) per rank → (W·n, ...) on every rank.
+
+    All tensors share n and the device. One all_gather: the columns are packed into an (n, K) float64 matrix,
+    which holds fp32/fp16/bf16 values, bools and integers below 2⁵³ exactly; the dtypes are restored.
+    """
+    W = world_size()
+    if W == 1 or not tensors:
+        return list(tensors)
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"gather_rows: tensors must share their first dim; got {[tuple(t.shape) for t in tensors]}")
+    cols = [t.detach().reshape(n, -1).to(torch.float64) for t in tensors]  # each (n, k_i)
+    widths = [c.shape[1] for c in cols]
+    packed = torch.cat(cols, 1).contiguous()  # (n, K)
+    parts = [torch.empty_like(packed) for _ in range(W)]
+    dist.all_gather(parts, packed)
+    full = torch.cat(parts, 0)  # (W·n, K), rank 0's rows first
+    return [c.reshape(W * n, *t.shape[1:]).to(t.dtype) for c, t in zip(full.split(widths, 1), tensors)]
+
+
+def all_reduce_grads(params: Sequence[Tensor], n_bad: int = 0, *, bucket_bytes: int = 1 << 26) -> int:
+    """SUM p.grad over ranks, in place; returns the number of ranks that reported a failure (n_bad summed).
+
+    The caller's per-rank loss already carries the 1/n of the GLOBAL batch, so the sum is the global-batch
+    mean gradient (DDP's all-reduce would divide by W). A grad that is None on a rank counts as zero; it stays
+    None only where it is None on every rank (as in one process, Adam then skips that parameter).
+    When any rank reports a failure the gradients are left unreduced (the caller raises).
+    """
+    if world_size() == 1:
+        return int(n_bad)
+    params = list(params)
+    dev = params[0].device
+    flags = torch.tensor([float(p.grad is not None) for p in params] + [float(n_bad)], dtype=torch.float64,
+                         device=dev)  # (P + 1,)
+    dist.all_reduce(flags)
+    n_bad_all = int(flags[-1].item())
+    if n_bad_all:
+        return n_bad_all
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    bucket: list[Tensor] = []
+
+    def flush():
+        if not bucket:
+            return
+        flat = torch.cat([g.reshape(-1) for g in bucket])  # (Σ numel,) one dtype
+        dist.all_reduce(flat)
+        for g, v in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(v.view_as(g))
+        bucket.clear()
+
+    size = 0
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device or size + nbytes > bucket_bytes):
+            flush()
+            size = 0
+        bucket.append(g)
+        size += nbytes
+    flush()
+    for p, g, has in zip(params, grads, flags[:-1].tolist()):
+        p.grad = g if has > 0 else None
+    return 0
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers into every rank's module (as DDP does at construction)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            dist.broadcast(t.data, src)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s picklable object on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj, dst: int = 0) -> list | None:
+    """[obj of rank 0, …, obj of rank W−1] on rank `dst`, None elsewhere."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def all_gather_objects(obj) -> list:
+    """[obj of rank 0, …, obj of rank W−1] on every rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ command line
+def _load_callable(spec: str):
+    """'package.module:function' or 'path/to/file.py:function' → the function."""
+    mod_name, sep, fn_name = spec.rpartition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ValueError(f"--problem {spec!r}; allowed: 'package.module:function' or 'path/to/file.py:function'")
+    if mod_name.endswith(".py"):
+        path = os.path.abspath(mod_name)
+        name = "_fdpg_problem_" + os.path.splitext(os.path.basename(path))[0]
+        spec_ = importlib.util.spec_from_file_location(name, path)
+        if spec_ is None or not os.path.isfile(path):
+            raise ValueError(f"--problem: no Python file at {path!r}")
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[name] = module
+        spec_.loader.exec_module(module)
+    else:
+        module = importlib.import_module(mod_name)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"--problem {spec!r}: {fn_name!r} is not a callable of {mod_name!r}")
+    return fn
+
+
+def _parse_value(text: str):
+    """'1e-3' → 0.001, 'true'/'True' → True, 'null'/'None' → None, '[0.9, 0.99]' → list; anything else: the string."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            pass
+    return text
+
+
+def _parse_sets(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}; allowed: key=value with a FDPGConfig key, e.g. --set n_steps=100")
+        out[key.strip()] = _parse_value(val.strip())
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fdpg_core.distributed",
+        description="One f-DPG training process; start W of them with torchrun (scripts/launch_torchrun.py). "
+                    "Rank 0 writes history.jsonl and checkpoint.pt into the config's out_dir.")
+    p.add_argument("--problem", default="fdpg_core.toy:make_toy_problem",
+                   help="factory 'module:function' or 'file.py:function' returning an object or dict with policy, "
+                        "target, prompts (optional: tokenizer, metrics_fn, proposal); it must build the same models "
+                        "on every rank (rank 0's policy is broadcast, the target is not)")
+    p.add_argument("--problem-kwargs", default="{}", help="JSON object of keyword arguments for the factory")
+    p.add_argument("--config", default=None, help="YAML or JSON file of FDPGConfig keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one FDPGConfig key (repeatable; overrides --config), e.g. --set n_steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt (same world size)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: unchanged)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"collective timeout in s (default: env FDPG_DIST_TIMEOUT_S or {DEFAULT_TIMEOUT_S})")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Build the problem, run `train` in this process (one rank of a torchrun job, or alone); returns the history.
+    Rank 0 prints the last record as one JSON line prefixed 'fdpg-final '."""
+    import yaml
+
+    from fdpg_core.train import FDPGConfig, train
+
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg_dict = {}
+    if args.config:
+        with open(args.config) as fh:
+            cfg_dict = yaml.safe_load(fh) or {}  # JSON is YAML
+    cfg_dict.update(_parse_sets(args.set))
+    cfg_dict.setdefault("progress", False)
+    cfg = FDPGConfig.from_dict(cfg_dict)
+    kwargs = json.loads(args.problem_kwargs)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--problem-kwargs {args.problem_kwargs!r}; allowed: a JSON object")
+    built = _load_callable(args.problem)(**kwargs)
+    parts = built if isinstance(built, dict) else {k: getattr(built, k) for k in ("policy", "target", "prompts",
+                                                                                 "tokenizer") if hasattr(built, k)}
+    missing = [k for k in ("policy", "target", "prompts") if k not in parts]
+    if missing:
+        raise ValueError(f"--problem {args.problem!r} returned no {missing}; allowed: an object or dict with policy, "
+                         "target, prompts (optional tokenizer, metrics_fn, proposal)")
+    device = cfg.device if cfg.device is not None else next(parts["policy"].parameters()).device
+    device = local_device(device, keep_index=cfg.device is not None and torch.device(cfg.device).index is not None)
+    init_distributed(device, timeout_s=args.timeout)
+    base = getattr(parts["target"], "base", None)
+    if isinstance(base, torch.nn.Module):
+        base.to(device)  # the target's a scores on this rank's device
+    extra = {k: parts[k] for k in ("tokenizer", "metrics_fn", "proposal") if parts.get(k) is not None}
+    try:
+        history = train(parts["policy"], parts["target"], parts["prompts"], cfg, resume=args.resume, **extra)
+        if is_main() and history:
+            print("fdpg-final " + json.dumps(history[-1]), flush=True)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(main)()  # under torchrun: the failing rank's traceback is reported as the job's root cause
