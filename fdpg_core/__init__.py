@@ -15,3 +15,6 @@ from fdpg_core.divergences import DIVERGENCES, Divergence, alpha_divergence, exa
 from fdpg_core.losses import fdpg_loss, pseudo_reward
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, log_Z_hat, sequence_entropy
 from fdpg_core.diversity import distinct_n, self_bleu
+from fdpg_core.sampling import Samples, bos_prompts, decode, left_pad, repeat_prompts, sample, score
+from fdpg_core.targets import BinaryFactor, ExponentialFactor, ScalarFactor, Scored, Target, fit_lam
+from fdpg_core.train import FDPGConfig, train
