@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 from typing import Sequence
 
@@ -46,13 +47,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RANK_SEED_STRIDE", "rank_seed", "world_size", "rank", "is_main", "launched",
-           "local_device", "init_distributed", "check_backend", "gather_rows", "all_reduce_grads",
+__all__ = ["DEFAULT_TIMEOUT_S", "PEER_FAILURE_GRACE_S", "RANK_SEED_STRIDE", "rank_seed", "world_size", "rank",
+           "is_main", "launched", "local_device", "init_distributed", "check_backend", "gather_rows", "all_reduce_grads",
            "broadcast_module", "broadcast_object", "gather_objects", "all_gather_objects", "main"]
 
 DEFAULT_TIMEOUT_S = 600
 """collective timeout (s) set on init_process_group (env FDPG_DIST_TIMEOUT_S overrides; torch's own default is
 30 min). A rank stuck longer than this in a collective raises instead of hanging the job."""
+PEER_FAILURE_GRACE_S = 5.0
+"""a rank of the command-line worker whose collective fails because a peer died waits this long before exiting, so
+that torchrun (which polls every 0.1 s) reports the rank that failed first, with its error, as the root cause."""
 RANK_SEED_STRIDE = 1000
 """rank r samples with a generator seeded seed + RANK_SEED_STRIDE · r (CPU generators use the low 32 bits of a
 seed, so a 2³² stride would collide)."""
@@ -254,7 +258,7 @@ def _load_callable(spec: str):
 
 
 def _parse_value(text: str):
-    """'1e-3' → 0.001, 'true'/'True' → True, 'null'/'None' → None, '[0.9, 0.99]' → list; anything else: the string."""
+    """'1e-3' → 0.001, 'true'/'True' → True, 'null'/'None' → None, '[0.9, 0.99]' → list; else the string."""
     for parse in (json.loads, ast.literal_eval):
         try:
             return parse(text)
@@ -271,6 +275,12 @@ def _parse_sets(items: Sequence[str]) -> dict:
             raise ValueError(f"--set {item!r}; allowed: key=value with a FDPGConfig key, e.g. --set n_steps=100")
         out[key.strip()] = _parse_value(val.strip())
     return out
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """A collective that failed because another rank is gone (gloo: connection reset/closed; NCCL: DistError)."""
+    return isinstance(e, dist.DistError) or any(s in str(e) for s in ("Connection reset by peer",
+                                                                       "Connection closed by peer", "Broken pipe"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -329,11 +339,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     extra = {k: parts[k] for k in ("tokenizer", "metrics_fn", "proposal") if parts.get(k) is not None}
     try:
         history = train(parts["policy"], parts["target"], parts["prompts"], cfg, resume=args.resume, **extra)
-        if is_main() and history:
-            print("fdpg-final " + json.dumps(history[-1]), flush=True)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    except Exception as e:  # no destroy_process_group here: it can wait for the peers; exiting closes the sockets
+        if world_size() > 1 and _peer_failure(e):  # not the root cause: let torchrun see the failing rank first
+            time.sleep(PEER_FAILURE_GRACE_S)
+        raise
+    if is_main() and history:
+        print("fdpg-final " + json.dumps(history[-1]), flush=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     return history
 
 
