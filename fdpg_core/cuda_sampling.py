@@ -27,6 +27,7 @@ log_q against teacher-forced `sampling.score` (fp32: 1e-5 on CPU, 1e-4 on CUDA).
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import OrderedDict
 
@@ -72,39 +73,55 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def _attend(q, k, v, allowed, scale) -> torch.Tensor:
-    """Masked attention. q (B, nh, S, hd), k/v (B, nkv, Sk, hd), allowed (B, 1, S, Sk) bool -> (B, S, nh·hd).
+def _use_sdpa(device) -> bool:
+    """Attention kernel choice: torch's scaled_dot_product_attention on CUDA, an explicit baddbmm on CPU."""
+    return device.type == "cuda"
+
+
+def _attend(q, k, v, mask, scale) -> torch.Tensor:
+    """Masked attention softmax(q kᵀ·scale + mask) v. q (B, nh, S, hd), k/v (B, nkv, Sk, hd) -> (B, S, nh·hd).
 
     Grouped-query attention without copying the cache: the g = nh/nkv query heads sharing a kv head become g·S
-    query rows of that head (HF's repeat_kv order: head h uses kv head h // g). On CPU an explicit
-    softmax(q kᵀ·scale + mask) v: torch's CPU flash kernel costs ~1 ms per call for one query row."""
+    query rows of that head (HF's repeat_kv order: head h uses kv head h // g). `mask` comes from _attn_mask: on
+    CUDA a bool (B, 1, S or g·S, Sk) for scaled_dot_product_attention; on CPU an additive (B·nkv, g·S, Sk) bias
+    for one baddbmm (torch's CPU flash kernel costs ~1 ms per call for one query row)."""
     B, nh, S, hd = q.shape
-    nkv = k.shape[1]
+    nkv, Sk = k.shape[1], k.shape[2]
     g = nh // nkv
-    if g > 1:
+    if _use_sdpa(q.device):
         q = q.reshape(B, nkv, g * S, hd)  # (B, nkv, g·S, hd)
-        if S > 1:
-            allowed = allowed.repeat(1, 1, g, 1)  # (B, 1, g·S, Sk), rows ordered (g, S) like q
-    if q.device.type == "cuda":
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)  # (B, nkv, g·S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, nkv, g·S, hd)
     else:
-        a = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # (B, nkv, g·S, Sk) scores q·k·scale
-        a = a.masked_fill_(~allowed, float("-inf")).softmax(-1)  # every row has its diagonal: no empty row
-        y = torch.matmul(a, v)  # (B, nkv, g·S, hd)
+        q3 = q.reshape(B * nkv, g * S, hd)
+        a = torch.baddbmm(mask, q3, k.reshape(B * nkv, Sk, hd).transpose(1, 2), alpha=scale)  # mask + q kᵀ·scale
+        y = torch.bmm(a.softmax(-1), v.reshape(B * nkv, Sk, hd))  # (B·nkv, g·S, hd)
     return y.reshape(B, nh, S, hd).transpose(1, 2).reshape(B, S, nh * hd)
+
+
+def _attn_mask(allowed, nkv: int, g: int, dtype) -> torch.Tensor:
+    """allowed (B, 1, S, Sk) bool -> the mask _attend takes (built once per forward, shared by the layers)."""
+    B, _, S, Sk = allowed.shape
+    if _use_sdpa(allowed.device):
+        return allowed.repeat(1, 1, g, 1) if (g > 1 and S > 1) else allowed  # rows ordered (g, S) like q
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    return bias[:, :, None].expand(B, nkv, g, S, Sk).reshape(B * nkv, g * S, Sk)  # (B·nkv, g·S, Sk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # LeanDecoder
 # ----------------------------------------------------------------------------------------------------------------
 class LeanDecoder:
-    """A supported causal LM's modules run on a preallocated KV cache for `batch_size` rows and `max_len` slots."""
+    """A supported causal LM's modules run on a preallocated KV cache for `batch_size` rows and `max_len` slots.
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    cache=False: no cache (one differentiable pass over whole sequences, used by score())."""
+
+    def __init__(self, model, batch_size: int, max_len: int, cache: bool = True):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"LeanDecoder cannot run this model: {reason}; use sampling.sample(impl='hf')")
-        self.model, self.kind = model, _kind(model)
+        # NB no reference to `model` itself: the graph cache is a WeakKeyDictionary keyed by the model, whose
+        # entries (holding this decoder) must not keep their key alive
+        self.kind = _kind(model)
         cfg = model.config
         self.head = model.get_output_embeddings()
         device, dtype = self.head.weight.device, self.head.weight.dtype
@@ -133,11 +150,12 @@ class LeanDecoder:
             probe = torch.zeros((1, 1, 1), device=device, dtype=dtype)
             cos, sin = self.body.rotary_emb(probe, position_ids=pos)  # (1, T_max, hd) each, in the model dtype
             self.cos, self.sin = cos[0], sin[0]  # (T_max, hd)
-        self.nh, self.nkv, self.hd = nh, nkv, hd
+        self.nh, self.nkv, self.hd, self.dtype = nh, nkv, hd, dtype
         self.B, self.T_max = batch_size, max_len
         shape = (batch_size, nkv, max_len, hd)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]  # per layer (B, nkv, T_max, hd)
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
+        n = len(self.blocks) if cache else 0
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]  # per layer (B, nkv, T_max, hd)
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
         self.kpos = torch.arange(max_len, device=device)  # (T_max,) slot index
 
     # --- one forward over S new tokens ----------------------------------------------------------------------
@@ -154,13 +172,15 @@ class LeanDecoder:
         kpos = self.kpos[:Sk]
         # allowed[b, i, j] = (key_valid[b, j] ∧ j ≤ i) ∨ j = i   (the diagonal keeps padded queries finite)
         allowed = (key_valid[:, None, :Sk] & (kpos <= qpos[:, None])) | (kpos == qpos[:, None])  # (B, S, Sk)
-        allowed = allowed[:, None]  # (B, 1, S, Sk)
+        mask = _attn_mask(allowed[:, None], self.nkv, self.nh // self.nkv, self.dtype)
         if self.kind == "gpt2":
-            return self._gpt2(x, pos, cache_pos, qpos, Sk, allowed)
-        return self._llama(x, pos, cache_pos, qpos, Sk, allowed)
+            return self._gpt2(x, pos, cache_pos, qpos, Sk, mask)
+        return self._llama(x, pos, cache_pos, qpos, Sk, mask)
 
     def _write(self, i, k, v, cache_pos, qpos, Sk):
         """Store k, v (B, nkv, S, hd) in layer i's cache; return the (B, nkv, Sk, hd) views to attend to."""
+        if not self.k:  # no cache: a whole sequence at once (cache_pos = 0, Sk = S)
+            return k, v
         if isinstance(cache_pos, int):
             self.k[i][:, :, cache_pos: cache_pos + k.shape[2]] = k
             self.v[i][:, :, cache_pos: cache_pos + k.shape[2]] = v
@@ -169,7 +189,7 @@ class LeanDecoder:
             self.v[i].index_copy_(2, qpos, v)
         return self.k[i][:, :, :Sk], self.v[i][:, :, :Sk]
 
-    def _gpt2(self, x, pos, cache_pos, qpos, Sk, allowed):
+    def _gpt2(self, x, pos, cache_pos, qpos, Sk, mask):
         B, S = x.shape
         h = self.body.wte(x) + self.body.wpe(pos)  # (B, S, E); embedding dropout is off in eval mode
         for i, blk in enumerate(self.blocks):
@@ -178,12 +198,12 @@ class LeanDecoder:
             k = k.view(B, S, self.nh, self.hd).transpose(1, 2)
             v = v.view(B, S, self.nh, self.hd).transpose(1, 2)
             kc, vc = self._write(i, k, v, cache_pos, qpos, Sk)
-            h = h + blk.attn.c_proj(_attend(q, kc, vc, allowed, self.scales[i]))  # residual
+            h = h + blk.attn.c_proj(_attend(q, kc, vc, mask, self.scales[i]))  # residual
             mlp = blk.mlp  # c_fc -> act -> c_proj (its dropout is the identity in eval mode: skipped)
             h = h + mlp.c_proj(self.act(mlp.c_fc(blk.ln_2(h))))
         return self.body.ln_f(h)
 
-    def _llama(self, x, pos, cache_pos, qpos, Sk, allowed):
+    def _llama(self, x, pos, cache_pos, qpos, Sk, mask):
         B, S = x.shape
         h = self.body.embed_tokens(x)  # (B, S, E)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, S, hd)
@@ -196,7 +216,7 @@ class LeanDecoder:
             q = q * cos + _rotate_half(q) * sin  # RoPE: x·cos + rotate_half(x)·sin
             k = k * cos + _rotate_half(k) * sin
             kc, vc = self._write(i, k, v, cache_pos, qpos, Sk)
-            h = h + at.o_proj(_attend(q, kc, vc, allowed, self.scales[i]))
+            h = h + at.o_proj(_attend(q, kc, vc, mask, self.scales[i]))
             h = h + blk.mlp(blk.post_attention_layernorm(h))
         return self.body.norm(h)
 
@@ -209,6 +229,15 @@ class LeanDecoder:
         if b is None:
             return torch.mm(h, W.t(), out=out)
         return torch.addmm(b, h, W.t(), out=out)
+
+
+def lean_hidden(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    """Final-normed hidden states (B, L, E) of a supported model (eval mode: no dropout) for left-padded inputs,
+    differentiable; the same maths as `model.base_model(...).last_hidden_state` with less overhead (fused tanh-GELU,
+    explicit attention on CPU). Used by sampling.score()."""
+    B, L = input_ids.shape
+    dec = LeanDecoder(model, B, L, cache=False)
+    return dec.forward(input_ids, position_ids, 0, attention_mask.bool())
 
 
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -318,7 +347,7 @@ class StaticSampler:
 
     def _capture(self) -> int:
         """Two eager warm-up steps on a side stream (they are real steps), then capture one step. Returns the
-        number of steps run."""
+        number of steps run. If capture fails, warn and stay eager (same results, static shapes, no graph)."""
         warm = min(2, self.T - 1)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -328,9 +357,14 @@ class StaticSampler:
         torch.cuda.current_stream().wait_stream(s)
         if self.T - 1 - warm > 0:
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):  # recorded, not executed: the state stays after the warm-up steps
-                self._decode_step()
-            self.graph = g
+            try:
+                with torch.cuda.graph(g):  # recorded, not executed: the state stays after the warm-up steps
+                    self._decode_step()
+                self.graph = g
+            except RuntimeError as e:
+                self.use_graph = False
+                warnings.warn(f"CUDA graph capture of the sampling step failed ({e}); sampling eagerly with "
+                              "static shapes instead (same results, slower)", RuntimeWarning, stacklevel=3)
         return warm
 
     def run(self, prompt_ids, prompt_mask, U, sync_every: int = 16):

@@ -12,7 +12,7 @@ Public API
   decode(samples, tokenizer) -> list[str]  (also stored in samples.texts)
   left_pad(seqs, pad_id) -> (ids, mask);  repeat_prompts(ids, mask, n) -> (ids, mask, context_ids)
   bos_prompts(n, bos_token_id) -> (ids, mask)  (unconditional generation: a prompt of just BOS)
-  make_stepper(model, prompt_ids, prompt_mask, max_new_tokens)  the swappable KV-cache decode step
+  make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl="auto")  the swappable KV-cache decode step
   truncate_logits(logits, temperature, top_k, top_p)   evaluation-only truncation used by sample()
 
 Supported models: causal HF LMs taking (input_ids, attention_mask, position_ids, cache, logits_to_keep)
@@ -27,6 +27,16 @@ Conventions
   * A categorical draw is done by inverse CDF: w = exp(l − max l), cdf = cumsum(w), u = (1 − U)·cdf[-1] with
     U ~ U[0, 1) so u ∈ (0, total], idx = searchsorted(cdf, u). This is exact (a token with w = 0 is never drawn)
     and several times faster than torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
+    All the U (T, B) are drawn from `generator` before the loop, so every decode implementation (`impl`) makes
+    the same draws, and a CUDA graph needs no RNG inside.
+  * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (cuda_sampling:
+    the model's modules on a preallocated KV cache, GPT-2 / Llama, the CPU default), "static" / "graph" (the whole
+    step on static buffers, captured as a CUDA graph: the CUDA default). All give the same samples and log_q.
+  * score() never builds a (B, T, V) log-softmax: log π(x_t) = l_{x_t} − logsumexp(l), chunked over rows, with a
+    hand-written backward (g·(1[j = x_t] − softmax)) written in place. For GPT-2 / GPT-Neo / Llama it runs the
+    body (cuda_sampling.lean_hidden for GPT-2 / Llama in eval mode) and applies the LM head to the counted tokens
+    only; when their logits would exceed _SCORE_LOGITS_BYTES the head is recomputed chunk by chunk in backward
+    instead of being stored.
   * Truncation (temperature ≠ 1, top_k, top_p) exists for EVALUATION only. It changes the sampling distribution:
     log_q is then the log-prob under the truncated distribution actually sampled from, which is not π_θ, so
     importance weights π_θ/q built from such samples are biased/undefined off the truncated support. Never train
@@ -34,8 +44,8 @@ Conventions
   * Device: everything runs on the model's device. Our decode loop performs no host sync except an
     "all rows finished" check every `sync_every` steps (one bool transfer) and one at the end to trim T
     (input validation syncs a few times before the loop). NB transformers' own create_causal_mask syncs once
-    per step (it reads the 2-D padding mask to decide whether SDPA may skip the mask); a static-cache /
-    CUDA-graph stepper should pass a prebuilt 4-D mask to avoid it.
+    per step (it reads the 2-D padding mask to decide whether SDPA may skip the mask): the "hf" path has that
+    sync, the lean / static / graph paths build their masks from a bool key_valid tensor and do not.
 """
 
 from __future__ import annotations
@@ -62,8 +72,11 @@ __all__ = [
     "truncate_logits",
 ]
 
-# Max number of fp32 logits score() processes at once for its logsumexp and gradient (one reused 64 MiB buffer).
-_SCORE_CHUNK_ELEMS = 1 << 24
+# Max number of fp32 logits score() processes at once for its logsumexp and gradient (512k floats = 2 MiB: the
+# chunk stays in cache, and the (N, V) tensors are read / written once per pass).
+_SCORE_CHUNK_ELEMS = 1 << 19
+# Rows per head product when score() recomputes the LM head chunk by chunk (big enough for an efficient matmul).
+_HEAD_CHUNK_ROWS = 512
 # score() keeps the logits of the counted tokens for backward when they take at most this many bytes (fastest);
 # above it, the head is recomputed chunk by chunk in backward (one extra head product, bounded memory).
 _SCORE_LOGITS_BYTES = 1 << 28
@@ -381,13 +394,13 @@ def truncate_logits(logits: torch.Tensor, temperature: float = 1.0, top_k=None, 
     return logits
 
 
-def _draw(logits: torch.Tensor, u: torch.Tensor, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact categorical draw from softmax(logits) by inverse CDF -> (idx (B,), log-prob (B,)).
+def _draw(logits: torch.Tensor, u: torch.Tensor, work: torch.Tensor | None = None):
+    """Exact categorical draw from softmax(logits (B, V)) by inverse CDF -> (idx (B,), log-prob (B,)).
 
     u (B, 1): uniforms in [0, 1) (drawn before the decode loop). work: optional reusable fp32 (B, V) buffer for the
     cumulative weights (a fresh tensor of tens of MB per step costs page faults on CPU)."""
     logits = logits.float()
-    m = logits.max(-1, keepdim=True).values  # (B, 1)
+    m = logits.amax(-1, keepdim=True)  # (B, 1) (amax: max(-1) also computes indices, ~10× slower on CPU)
     w = torch.sub(logits, m, out=work) if work is not None else logits - m
     cdf = w.exp_().cumsum_(-1)  # (B, V) unnormalised CDF, in place: cdf_j = Σ_{i ≤ j} exp(l_i − m)
     total = cdf[:, -1:]  # (B, 1)
@@ -637,21 +650,23 @@ class _HeadLogProb(torch.autograd.Function):
 
 
 class _LogitsLogProb(torch.autograd.Function):
-    """log softmax(logits)[y] for (N, V) logits (any model), (N,) fp32, chunked; backward writes the one (N, V)
-    gradient chunk by chunk (autograd through slices would allocate a full-size zero tensor per chunk)."""
+    """log softmax(logits)[y] for (N, V) logits (any model), (N,) fp32, chunked over rows; backward writes the one
+    (N, V) gradient chunk by chunk, in place (autograd through slices would allocate a full-size zero tensor per
+    chunk, and log_softmax keeps a second (N, V) tensor)."""
 
     @staticmethod
     def forward(ctx, logits, y, R):
         N, V = logits.shape
         out = torch.empty(N, dtype=torch.float32, device=logits.device)
         lse = torch.empty(N, dtype=torch.float32, device=logits.device)
-        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=logits.device)
+        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=logits.device)  # (R, V) reused
         for s in range(0, N, R):
             e = min(N, s + R)
-            l = buf[: e - s].copy_(logits[s:e])  # (r, V) fp32
-            chosen = l.gather(1, y[s:e, None]).squeeze(1)
-            lse[s:e] = _lse_(l)
-            out[s:e] = chosen - lse[s:e]
+            l = logits[s:e]  # (r, V)
+            m = l.amax(-1, keepdim=True).float()  # (r, 1)
+            # lse = m + log Σ_j exp(l_j − m)
+            lse[s:e] = (m + torch.sub(l, m, out=buf[: e - s]).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)
+            out[s:e] = l.gather(1, y[s:e, None]).squeeze(1).float() - lse[s:e]  # log p(y) = l_y − lse
         ctx.save_for_backward(logits, y, lse)
         ctx.R = R
         return out
@@ -662,12 +677,14 @@ class _LogitsLogProb(torch.autograd.Function):
         N, R = logits.shape[0], ctx.R
         g = g.float().contiguous()
         grad = torch.empty_like(logits)  # (N, V)
-        buf = torch.empty((max(1, min(R, N)), logits.shape[1]), dtype=torch.float32, device=logits.device)
+        fp32 = logits.dtype == torch.float32
+        buf = None if fp32 else torch.empty((max(1, min(R, N)), logits.shape[1]), device=logits.device)
         for s in range(0, N, R):
             e = min(N, s + R)
-            d = buf[: e - s].copy_(logits[s:e]).sub_(lse[s:e, None]).exp_()  # softmax
-            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])
-            grad[s:e] = d
+            d = torch.sub(logits[s:e], lse[s:e, None], out=grad[s:e] if fp32 else buf[: e - s]).exp_()  # softmax
+            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])  # g·(1[j = y] − softmax)
+            if not fp32:
+                grad[s:e] = d
         return grad, None, None
 
 
@@ -676,6 +693,16 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     B, T, V = logits.shape
     R = max(1, _SCORE_CHUNK_ELEMS // V)
     return _LogitsLogProb.apply(logits.reshape(B * T, V), targets.reshape(B * T), R).view(B, T)
+
+
+def _lean_ok(model) -> bool:
+    """score() runs the lean (cache-free) forward of cuda_sampling: a supported model with no module in training
+    mode (the lean forward has no dropout)."""
+    if any(m.training for m in model.modules()):
+        return False
+    from fdpg_core.cuda_sampling import unsupported_reason
+
+    return unsupported_reason(model) is None
 
 
 def _fused_head(model) -> bool:
@@ -718,18 +745,23 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
         inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
                       position_ids=_position_ids(attn), use_cache=False)
         if _fused_head(model):
-            # hidden states only; the head runs over the counted positions in chunks (_HeadLogProb)
-            hidden = model.base_model(**inputs).last_hidden_state[:, -T:]  # (B, T, E)
+            # hidden states only; the head runs over the counted positions only (in chunks when recomputed)
+            if _lean_ok(model):
+                from fdpg_core.cuda_sampling import lean_hidden
+
+                hidden = lean_hidden(model, inputs["input_ids"], attn, inputs["position_ids"])[:, -T:]  # (B, T, E)
+            else:
+                hidden = model.base_model(**inputs).last_hidden_state[:, -T:]  # (B, T, E)
             rows = mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of counted tokens
             head = model.get_output_embeddings()
             W, b = head.weight, head.bias  # (V, E), (V,) or None
             h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, E)
             y = tokens.reshape(-1).index_select(0, rows)  # (N,)
-            R = max(1, _SCORE_CHUNK_ELEMS // W.shape[0])
             if h.shape[0] * W.shape[0] * 4 <= _SCORE_LOGITS_BYTES:
+                R = max(1, _SCORE_CHUNK_ELEMS // W.shape[0])
                 lp = _LogitsLogProb.apply(F.linear(h, W, b), y, R)  # (N,); logits of counted tokens only
             else:
-                lp = _HeadLogProb.apply(h, W, b, y, R)  # (N,); no (N, V) tensor at all
+                lp = _HeadLogProb.apply(h, W, b, y, _HEAD_CHUNK_ROWS)  # (N,); no (N, V) tensor at all
             tok_logp = torch.zeros(B * T, dtype=lp.dtype, device=device).scatter(0, rows, lp).view(B, T)
         else:
             logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)

@@ -277,27 +277,34 @@ def summary_prompts(split: str = "test", n: int | None = None, *, source: str = 
 
 
 def code_prompts(split: str = "test", n: int | None = None, *, source: str = "stdlib", docstring: bool = True,
-                 tokenizer=None) -> ZooPrompts:
+                 tokenizer=None, max_prompt_tokens: int = 256) -> ZooPrompts:
     """Function prompts of the code model; contexts = the prompt text the generated body is appended to.
 
     source "stdlib": held-out standard-library functions of code_stdlib (split test or val; the model trained
     on train); "humaneval": HumanEval's 164 prompts (split heldout; imports + signature + docstring).
     docstring=True: signature + docstring (what the model was trained to continue); False: the signature line(s)
     only (the paper's Python150 setting: the model then writes the docstring too).
+    Prompts longer than max_prompt_tokens (with <|bos|>) are skipped, never cut: the body must follow the whole
+    prompt. With the default 256 and 128 new tokens a row fits the zoo's 512 positions.
     """
     _pick("code source", source, {"stdlib", "humaneval"})
+    if split == "test" and source == "humaneval":
+        split = "heldout"
     tok = tokenizer or load_zoo_tokenizer()
+    recs = load_corpus("code_humaneval" if source == "humaneval" else "code_stdlib", split)
     if source == "humaneval":
-        recs = _limit(load_corpus("code_humaneval", "heldout" if split == "test" else split), n)
         texts = [r["prompt"].rstrip() if docstring else
                  r["prompt"][: r["prompt"].index(r["signature"]) + len(r["signature"])] for r in recs]
     else:
-        recs = _limit(load_corpus("code_stdlib", split), n)
         texts = [r["prompt"] if docstring else r["signature"] for r in recs]
+    rows = [(t, [BOS_ID] + _encode(tok, t)) for t in texts]
+    rows = _limit([(t, ids) for t, ids in rows if len(ids) <= max_prompt_tokens], n)
+    if not rows:
+        raise ValueError(f"no {source} prompt of split {split!r} fits max_prompt_tokens={max_prompt_tokens}")
     from fdpg_core.sampling import left_pad
 
-    ids, mask = left_pad([[BOS_ID] + _encode(tok, t) for t in texts], PAD_ID)
-    return ZooPrompts(ids, mask, texts)
+    ids, mask = left_pad([r for _, r in rows], PAD_ID)
+    return ZooPrompts(ids, mask, [t for t, _ in rows])
 
 
 _PROMPT_KINDS = ("bos", "news-summary", "code", "humaneval")
@@ -335,7 +342,8 @@ class ZooTask:
 ZOO_TASKS: dict[str, ZooTask] = {
     "amazing": ZooTask(
         "reviews", 'pointwise: word "amazing" (GPT-2)', "pointwise", lambda c: _sc.WordPresence("amazing"), "bos",
-        40, "b = 1: the review contains 'amazing'"),
+        40, "b = 1: the review contains 'amazing'",
+        "the paper's own word, on the reviews model: under base (mostly biographies and news) it is below 0.5 %"),
     "rare-word": ZooTask(
         "base", 'pointwise: rare word "WikiLeaks" (GPT-2)', "pointwise", lambda c: _sc.WordPresence("Sydney"),
         "bos", 40, "b = 1: the text contains 'Sydney'",
@@ -349,12 +357,13 @@ ZOO_TASKS: dict[str, ZooTask] = {
         "bos", 40, "b = 1: a word of scorers.TOPIC_WORDS['politics'] occurs"),
     "positive": ZooTask(
         "reviews", "pointwise: positive sentiment classifier (GPT-2)", "pointwise",
-        lambda c: _sc.VaderPolarity("positive", 0.8), "bos", 40, "b = 1: VADER compound >= 0.8",
-        "VADER in place of the classifier; its usual 0.05 threshold holds on more than half of the reviews, "
-        "0.8 keeps the constraint below 40 %"),
+        lambda c: _sc.VaderPolarity("positive", 0.5), "bos", 40, "b = 1: VADER compound >= 0.5",
+        "VADER (offline lexicon) in place of the classifier; its usual 0.05 threshold holds on over half of the "
+        "samples, 0.5 keeps the constraint under 40 %"),
     "negative": ZooTask(
         "reviews", "pointwise: negative sentiment classifier (GPT-2)", "pointwise",
-        lambda c: _sc.VaderPolarity("negative", 0.5), "bos", 40, "b = 1: VADER compound <= -0.5"),
+        lambda c: _sc.VaderPolarity("negative", 0.5), "bos", 40, "b = 1: VADER compound <= -0.5",
+        "threshold symmetric to 'positive'"),
     "sentiment": ZooTask(
         "reviews", "scalar preference p ∝ a exp(r/β), r = sentiment (gpt2-imdb)", "scalar",
         lambda c: _sc.VaderCompound(), "bos", 40, "raise E[r], r = VADER compound in [-1, 1]"),
@@ -366,10 +375,17 @@ ZOO_TASKS: dict[str, ZooTask] = {
         lambda c: _sc.Professions(), "bos", 40, "E_p[phi_k] = 0.25 for each of the 4 professions"),
     "summary-entities": ZooTask(
         "news-summary", "conditional: summaries with >= 4 entities all in the source (t5-small, CNN/DM)",
-        "conditional", lambda c: _sc.EntityConsistency(c, min_entities=2), "news-summary", 64,
-        "b = 1: >= 2 named entities, all found in the article",
-        "min_entities 2 instead of the paper's 4: tiny-model summaries rarely hold 4 entities that are all in "
-        "the article"),
+        "conditional", lambda c: _sc.EntityConsistency(c, min_entities=1), "news-summary", 64,
+        "b = 1: >= 1 named entity, and every entity found in the article",
+        "min_entities 1 instead of the paper's 4, and still ~0 % under the committed news-summary model (val "
+        "loss 4.17): only ~5 % of the names it writes are in the article. Not trainable until that model is "
+        "retrained; use 'summary-grounded' meanwhile"),
+    "summary-grounded": ZooTask(
+        "news-summary", "conditional: entity consistency without the entity count (relaxation)", "conditional",
+        lambda c: _sc.EntityConsistency(c, min_entities=0), "news-summary", 64,
+        "b = 1: every named entity of the summary is found in the article (none at all also counts)",
+        "the paper's constraint without '>= 4 entities': estimable under the committed news-summary model, but "
+        "it can be met by naming nobody, which the paper's count rules out"),
     "compile": ZooTask(
         "code", "conditional: signature + body compiles (GPT-Neo-125M, Python150)", "conditional",
         lambda c: _sc.Compiles(c), "code", 128, "b = 1: prompt + generated body compiles (codeop)"),

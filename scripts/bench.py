@@ -2,7 +2,9 @@
 
     python scripts/bench.py                 # full CPU run (< 10 min on 2 cores) -> figures/bench/<machine>.{json,md}
     python scripts/bench.py --quick         # tiny sizes, seconds (used by tests/test_bench.py)
-    python scripts/bench.py --device cuda   # the GPU run (≈ 2–3 min on an H200); also copied into $OUT if set
+    python scripts/bench.py --device cuda --cuda-tests
+                                            # the GPU run (≈ 3 min on an H200): the sampler's tests (CUDA ones
+                                            # included) then the benchmark; outputs also copied into $OUT if set
 
 Method. Every comparison runs both sides in the same process, interleaved (warm-up A B, then A B A B …), and
 reports the median of ≥ 5 repetitions of each side and their ratio (reference time / our time, so > 1 means we are
@@ -22,9 +24,10 @@ faster); absolute times are context only. Models of a small shape are RANDOMLY I
      (n×n fp32 and bf16 products). FLOPs = 2·N per sampled token + 2·N per token scored under the base + 6·N per
      token through the policy's forward and backward, N = parameters in matrix products (Linear / Conv1D weights,
      LM head included; embedding lookups, attention scores and prompt tokens not counted).
-  4. peak memory of a step: CPU: a fresh subprocess per configuration, peak RSS (ru_maxrss) minus the resident
-     size after building the models and the Adam state; CUDA: torch.cuda.max_memory_allocated minus the allocated
-     memory before the step.
+  4. peak memory of a step: CPU: a fresh subprocess per configuration, peak RSS during the step (VmHWM reset
+     just before it; ru_maxrss where that is refused) minus the resident size after building the models and the
+     Adam state; CUDA: torch.cuda.max_memory_allocated minus the allocated memory before the step (a captured
+     graph's pool and KV cache exist before the measured step).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -51,13 +55,31 @@ TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}
 
 # SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M-Instruct), for the random-weight GPU stand-in
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------------------------------
+def _free_graphs():
+    """Drop captured CUDA graphs (and their KV caches) of models a case is done with."""
+    from fdpg_core.cuda_sampling import clear_graph_cache
+
+    clear_graph_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _graphs_captured(model):
+    """On CUDA: did our sampler run as a captured graph for this model (None on CPU)?"""
+    from fdpg_core import cuda_sampling
+
+    if not torch.cuda.is_available() or model not in cuda_sampling._GRAPHS:
+        return None
+    return any(s.graph is not None for s in cuda_sampling._GRAPHS[model].values())
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -182,8 +204,9 @@ def _eos_mask(x, eos):
 def distribution_check(device="cpu", n: int = 20000) -> dict:
     """Ours vs generate() on an enumerable model (V = 5, 3 new tokens, EOS): TV between the two empirical
     distributions of n samples each. Two independent empirical distributions have
-    E[TV] = ½ Σ_x E|p̂₁(x) − p̂₂(x)| ≤ ½ Σ_x √(2p(x)/n); the tolerance is twice that bound, √2 Σ_x √(p̄(x)/n) with p̄
-    the pooled estimate. Negative control: generate() at temperature 0.5 must exceed it (the check has power)."""
+    E[TV] = ½ Σ_x E|p̂₁(x) − p̂₂(x)| ≤ ½ Σ_x √(2p(x)/n); the tolerance is twice that bound,
+    √2 Σ_x √(p̄(x)/n) with p̄ the pooled estimate. Negative control: generate() at temperature 0.5 must exceed it
+    (the check has power)."""
     from fdpg_core.sampling import sample
 
     model = gpt2(5, 1, 16, 2, device, seed=5, eos=EOS)
@@ -231,10 +254,12 @@ def sampling_case(name, model, B, Tp, T, reps, device, note=""):
         out["ref"] = generate(model, ids, mask, T)
 
     t = interleaved({"ours": ours, "generate": ref}, reps, device)
+    graphs = _graphs_captured(model)
+    _free_graphs()
     assert out["ours"].tokens.shape == (B, T) and out["ref"].shape == (B, T), "both sides must generate T tokens"
     res = summary(t, "ours", "generate")
     res.update(name=name, vocab=V, B=B, Tp=Tp, T=T, n_params=sum(p.numel() for p in model.parameters()),
-               dtype=str(next(model.parameters()).dtype).replace("torch.", ""), note=note,
+               dtype=str(next(model.parameters()).dtype).replace("torch.", ""), note=note, cuda_graph=graphs,
                tokens_per_s={k: B * T / v for k, v in res["median_s"].items()})
     return res
 
@@ -250,7 +275,8 @@ def _factor(V):
 
 
 def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
-    """A closure running one f-DPG step (ours or the reference) on its own policy copy and Adam state."""
+    """A closure running one f-DPG step ("ours" or "ref") on its own policy copy and Adam state; "score_ours" /
+    "score_ref": only the policy's teacher-forced log-probs and their gradient, on pre-drawn samples."""
     from fdpg_core.estimators import log_Z_hat
     from fdpg_core.losses import fdpg_loss
     from fdpg_core.sampling import sample, score
@@ -263,6 +289,12 @@ def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
     beta = 0.5
     gen = torch.Generator(device=device).manual_seed(0)
 
+    def seq_logprob(model, full, attn, x, m):
+        """The plain way: a full forward, log_softmax over (B, T, V), gather the chosen tokens."""
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=full, attention_mask=attn, position_ids=pos).logits[:, Tp - 1: -1]
+        return (logits.log_softmax(-1).gather(-1, x[..., None]).squeeze(-1) * m).sum(-1)  # (B,)
+
     if which == "ours":
         target = Target(base) * ScalarFactor("low_half", lambda s: r(s.tokens, s.mask), beta)
 
@@ -274,13 +306,15 @@ def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    else:
-        def seq_logprob(model, full, attn, x, m):
-            """The plain way: a full forward, log_softmax over (B, T, V), gather the chosen tokens."""
-            pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=full, attention_mask=attn, position_ids=pos).logits[:, Tp - 1: -1]
-            return (logits.log_softmax(-1).gather(-1, x[..., None]).squeeze(-1) * m).sum(-1)  # (B,)
+    elif which in ("score_ours", "score_ref"):  # teacher-forced log π and its gradient only (memory of score())
+        s = sample(policy, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)  # setup, not measured
+        full, attn = torch.cat([ids, s.tokens], 1), torch.cat([mask, s.mask.long()], 1)
 
+        def step():
+            lp = score(policy, s) if which == "score_ours" else seq_logprob(policy, full, attn, s.tokens, s.mask)
+            opt.zero_grad(set_to_none=True)
+            lp.sum().backward()
+    else:
         def step():
             x = generate(policy, ids, mask, T)  # (B, T), EOS off like ours
             m = torch.ones_like(x, dtype=torch.bool)
@@ -321,6 +355,7 @@ def fdpg_case(case, reps, device, dtype=torch.float32):
              "reference": make_step("ref", pol_b, base, B, Tp, T, device)}
     t = interleaved(steps, reps, device)
     res = summary(t, "ours", "reference")
+    res["cuda_graph"] = _graphs_captured(pol_a)
     N = matmul_params(base)
     fl = step_flops(N, B * T, B * T)
     res.update(case, dtype=str(dtype).replace("torch.", ""), n_matmul_params=N, flops=fl,
@@ -335,6 +370,7 @@ def fdpg_case(case, reps, device, dtype=torch.float32):
             fn()
             torch.cuda.synchronize()
             res["peak_mem_MiB"][k] = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    _free_graphs()
     return res
 
 
@@ -348,8 +384,20 @@ def _vm(field):
     return float("nan")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(spec: dict) -> dict:
-    """Run in a fresh process: build models and Adam state, then one step; peak RSS over the resident baseline."""
+    """Run in a fresh process: build models and Adam state, then one step; peak RSS over the resident baseline.
+
+    The peak is VmHWM after resetting it just before the step; where that reset is refused, ru_maxrss (which may
+    hold an earlier, larger transient: then `peak_set_by_step` is False and the figure is only an upper bound)."""
     torch.manual_seed(0)
     base = _step_models(spec, "cpu")
     pol = copy.deepcopy(base)
@@ -358,16 +406,19 @@ def memory_child(spec: dict) -> dict:
     step = make_step(spec["which"], pol, base, spec["B"], spec["Tp"], spec["T"], "cpu")
     step.init_adam_state()
     baseline = _vm("VmRSS")
+    reset = _reset_peak_rss()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _vm("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"baseline_rss_MiB": baseline, "peak_rss_MiB": peak, "step_peak_over_baseline_MiB": peak - baseline,
-            "peak_set_by_step": peak > peak_before}
+            "peak_set_by_step": reset or peak > peak_before,
+            "how": "VmHWM reset via /proc/self/clear_refs" if reset else "ru_maxrss"}
 
 
-def memory_case(case) -> dict:
+def memory_case(case, pairs=(("ours", "ref"),)) -> dict:
+    """Peak memory of each configuration in its own subprocess; ratio reference / ours per pair."""
     out = {}
-    for which in ("ours", "ref"):
+    for which in [w for pair in pairs for w in pair]:
         spec = dict(case, which=which)
         proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
                               text=True, timeout=600, cwd=ROOT,
@@ -376,9 +427,10 @@ def memory_case(case) -> dict:
             out[which] = {"error": proc.stderr[-2000:]}
         else:
             out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if all("error" not in v for v in out.values()):
-        out["ratio_ref_over_ours"] = (out["ref"]["step_peak_over_baseline_MiB"]
-                                      / max(out["ours"]["step_peak_over_baseline_MiB"], 1e-9))
+    for a, b in pairs:
+        if "error" not in out[a] and "error" not in out[b]:
+            out[f"ratio_{b}_over_{a}"] = (out[b]["step_peak_over_baseline_MiB"]
+                                          / max(out[a]["step_peak_over_baseline_MiB"], 1e-9))
     return out
 
 
@@ -439,7 +491,29 @@ def machine_name(device: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower().replace(" ", "-"))
 
 
-def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
+def run_tests(out_dir: Path, device: str) -> dict:
+    """pytest on the sampler's test files (the `cuda` ones run where a GPU is visible); log kept next to the JSON."""
+    files = ["tests/test_sampling.py", "tests/test_cuda_sampling.py"]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+    log = proc.stdout + proc.stderr
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{machine_name(device)}-tests.log"
+    (out_dir / name).write_text(log)
+    if os.environ.get("OUT"):
+        shutil.copy(out_dir / name, Path(os.environ["OUT"]) / name)
+    print(log[-3000:], flush=True)
+    return {"files": files, "returncode": proc.returncode, "wall_s": time.time() - t0,
+            "summary": log.strip().splitlines()[-1] if log.strip() else ""}
+
+
+def _log(*a):
+    print(*a, flush=True)
+
+
+def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None) -> dict:
     from fdpg_core.smollm import load_smollm2
 
     p = plan(device, quick)
@@ -452,6 +526,8 @@ def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
     import transformers
 
     res["transformers"] = transformers.__version__
+    if tests is not None:
+        res["tests"] = tests
     if torch.device(device).type == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
 
@@ -461,8 +537,10 @@ def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
             res[name] = fn()
         except Exception as e:  # a failed section is reported, the others still run
             res["errors"][name] = f"{type(e).__name__}: {e}"
+            res.setdefault("tracebacks", {})[name] = traceback.format_exc()[-3000:]
             log(f"[bench] {name} FAILED: {res['errors'][name]}")
-        log(f"[bench] {name} done in {time.time() - t0:.1f}s")
+        res.setdefault("load_avg_after_section", {})[name] = os.getloadavg()[0]
+        log(f"[bench] {name} done in {time.time() - t0:.1f}s (load average {os.getloadavg()[0]:.2f})")
 
     # 3. matmul ceilings (fp32: TF32 stays off, torch's default)
     section("matmul_flop_s", lambda: {str(dt).replace("torch.", ""): matmul_throughput(device, dt, p["mm_n"])
@@ -508,8 +586,9 @@ def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
     def fdpg():
         rows = []
         for case in p["fdpg"]:
-            rows.append(fdpg_case(case, p["reps"], device))
-            log(f"[bench]   f-DPG {case['name']}: x{rows[-1]['ratio']:.2f}")
+            for dt in (torch.float32, torch.bfloat16) if p["bf16"] else (torch.float32,):
+                rows.append(fdpg_case(case, p["reps"], device, dtype=dt))
+                log(f"[bench]   f-DPG {case['name']} {dt}: x{rows[-1]['ratio']:.2f}")
         return rows
 
     section("fdpg_step", fdpg)
@@ -518,7 +597,9 @@ def run(device: str, quick: bool, out_dir: Path, log=print) -> dict:
             row["efficiency"] = {f"{side}_vs_{dt}": row["achieved_flop_s"][side] / res["matmul_flop_s"][dt]
                                  for side in ("ours", "reference") for dt in ("float32", "bfloat16")}
     if p["memory"]:
-        section("fdpg_step_memory", lambda: {c["name"]: memory_case(c) for c in p["fdpg"]})
+        section("fdpg_step_memory", lambda: {c["name"]: memory_case(c, (("ours", "ref"), ("score_ours", "score_ref"))
+                                                                    if c is p["fdpg"][-1] else (("ours", "ref"),))
+                                             for c in p["fdpg"]})
     if p["exact"]:
         def exact():
             rows = []
@@ -552,8 +633,10 @@ def markdown(res: dict) -> str:
                                           else []):
         tps = row["tokens_per_s"]
         tgt = TARGETS["sampling_v256"] if row["vocab"] < 5000 else TARGETS["sampling_v5k_plus"]
-        L.append(f"| sampling tokens/s vs generate() | {row['name']} ({row['dtype']}, {row['note']}), B={row['B']}, "
-                 f"T={row['T']} | {tps['ours']:,.0f} | {tps['generate']:,.0f} | **×{row['ratio']:.2f}** | "
+        graph = ", CUDA graph" if row.get("cuda_graph") else ""
+        L.append(f"| sampling tokens/s vs generate() | {row['name']} ({row['dtype']}, {row['note']}{graph}), "
+                 f"B={row['B']}, T={row['T']} | {tps['ours']:,.0f} | {tps['generate']:,.0f} | "
+                 f"**×{row['ratio']:.2f}** | "
                  + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " |")
     for row in res.get("fdpg_step", []):
         sps = row["samples_per_s"]
@@ -577,12 +660,13 @@ def markdown(res: dict) -> str:
         L.append("")
     mem = res.get("fdpg_step_memory")
     if mem:
-        L += ["| f-DPG step peak memory over resident (subprocess, ru_maxrss) | ours | reference | ratio |",
-              "|---|---|---|---|"]
+        L += ["| peak memory over the resident baseline (own subprocess, VmHWM) | ours | reference | "
+              "reference / ours |", "|---|---|---|---|"]
         for name, m in mem.items():
-            if "ratio_ref_over_ours" in m:
-                L.append(f"| {name} | {m['ours']['step_peak_over_baseline_MiB']:,.0f} MiB | "
-                         f"{m['ref']['step_peak_over_baseline_MiB']:,.0f} MiB | ×{m['ratio_ref_over_ours']:.1f} |")
+            for a, b, what in (("ours", "ref", "f-DPG step"), ("score_ours", "score_ref", "policy log π + backward")):
+                if f"ratio_{b}_over_{a}" in m:
+                    L.append(f"| {what}, {name} | {m[a]['step_peak_over_baseline_MiB']:,.0f} MiB | "
+                             f"{m[b]['step_peak_over_baseline_MiB']:,.0f} MiB | ×{m[f'ratio_{b}_over_{a}']:.1f} |")
         L.append("")
     for row in res.get("fdpg_step", []):
         if "peak_mem_MiB" in row:
@@ -591,8 +675,8 @@ def markdown(res: dict) -> str:
                      f"{pm['reference']:,.0f} MiB (torch.cuda.max_memory_allocated over the allocated baseline).")
     d = res.get("distribution_check")
     if d:
-        L += ["", f"Same distribution (enumerable GPT-2, V=5, 3 tokens, EOS; {d['n_per_side']:,} samples each): TV(ours, "
-              f"generate) = {d['tv_ours_vs_generate']:.4f} < tolerance {d['tolerance']:.4f}; negative control "
+        L += ["", f"Same distribution (enumerable GPT-2, V=5, 3 tokens, EOS; {d['n_per_side']:,} samples each): "
+              f"TV(ours, generate) = {d['tv_ours_vs_generate']:.4f} < tolerance {d['tolerance']:.4f}; negative control "
               f"(temperature 0.5) TV = {d['tv_control_temperature_0.5']:.4f}: "
               f"{'passed' if d['passed'] else 'FAILED'}."]
     for row in res.get("exactness", []):
@@ -600,6 +684,8 @@ def markdown(res: dict) -> str:
                  f"{row['max_abs_seq_err']:.2e} (T={row['T']}).")
     if isinstance(res.get("sampling_smollm2"), dict):
         L.append(f"SmolLM2: {res['sampling_smollm2']['skipped']}")
+    if res.get("tests"):
+        L.append(f"Sampler tests on this machine ({', '.join(res['tests']['files'])}): {res['tests']['summary']}")
     if res["errors"]:
         L += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
     return "\n".join(L) + "\n"
@@ -620,6 +706,8 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
     ap.add_argument("--out", default=str(ROOT / "figures" / "bench"), help="output folder")
+    ap.add_argument("--cuda-tests", action="store_true",
+                    help="first run the sampler's tests (CUDA ones included) and record their result")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -627,17 +715,22 @@ def main(argv=None) -> dict | None:
         sys.path.insert(0, str(ROOT))
     import transformers
 
-    transformers.logging.set_verbosity_error()
-    if args.memory_child:
-        print(json.dumps(memory_child(json.loads(args.memory_child))))
-        return None
-    if args.device not in ("cpu", "cuda"):
-        raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device visible")
-    res = run(args.device, args.quick, Path(args.out))
-    print(markdown(res))
-    return res
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # generate()'s per-call notices would drown the report
+    try:
+        if args.memory_child:
+            print(json.dumps(memory_child(json.loads(args.memory_child))))
+            return None
+        if args.device not in ("cpu", "cuda"):
+            raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device visible")
+        tests = run_tests(Path(args.out), args.device) if args.cuda_tests else None
+        res = run(args.device, args.quick, Path(args.out), tests=tests)
+        print(markdown(res))
+        return res
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 if __name__ == "__main__":

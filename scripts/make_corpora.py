@@ -15,6 +15,8 @@ Real text where it exists, text from a real pretrained LM (SmolLM2-135M-Instruct
                            summaries  one-to-two-sentence summaries of the real Lee articles (several samples per
                                       article) and of the generated reports: the news-summary pairs
                          Every stage has a wall-clock budget and writes what it has when the budget runs out.
+  clean     (CPU)        the prompt-leak filter (PROMPT_LEAKS) applied to existing generated corpora; `generate`
+                         applies the same rules itself (reason "prompt_leak").
 
 File format: gzip JSON lines; line 1 is {"_header": {...provenance...}}, then one record per line.
 Read with `read_corpus(path) -> (header, records)`.
@@ -23,6 +25,7 @@ Usage:
   python scripts/make_corpora.py code --out data/corpora
   python scripts/make_corpora.py real --gensim-wheel /tmp/gensim-4.4.0-*.whl --out data/corpora
   python scripts/make_corpora.py generate --out data/corpora --device cuda --budgets 60,60,35,50
+  python scripts/make_corpora.py clean --out data/corpora     # prompt-leak filter on existing generated corpora
 """
 from __future__ import annotations
 
@@ -279,6 +282,41 @@ _PREAMBLE = re.compile(r"^(sure|here|certainly|of course|title|review|biography|
                        re.I)
 _REFUSAL = re.compile(r"as an ai|i'm sorry|i am sorry|i cannot|i can't|language model", re.I)
 
+# Prompt leaks: SmolLM2 sometimes repeats its instruction ("... Write a short news report about ...", "Use simple
+# words.", "Write 3 to 5 sentences.") or talks as a chat assistant ("Here's a possible biography of ...", "I hope this
+# helps"). Such a document is dropped whole (reason "prompt_leak"); `prompt_leak` names the first rule that matches.
+# Checked on every committed generated row: none of these phrases occurs in a clean one. Case-insensitive; ^ = line start.
+PROMPT_LEAKS = {
+    "special_token": r"<\|",
+    "write_a_short": r"\bwrite (?:a|an) short\b",
+    "instruction_line": r"^\s*(?:to )?write\b",
+    "simple_words": r"\bsimple words\b",
+    "n_to_m_sentences": r"\b\d+ ?(?:to|-) ?\d+ sentences\b",
+    "summarize_article": r"\bsummari[sz](?:e|ing) (?:this|the) (?:news )?article\b|\bin one or two sentences\b"
+                         r"|^\s*article\s*:",
+    "chat_here_is": r"\bhere(?:'s| is) (?:a|an|the|my|your) (?:[\w-]+ ){0,2}"
+                    r"(?:review|biography|bio|news report|report|summary|version|article|sample)\b",
+    "chat_closing": r"\bi hope this (?:helps|message finds)\b|\bi(?:'ll| will|'d| would) be (?:happy|glad) to help\b"
+                    r"|\blet me know if\b",
+    "note": r"[\[(]\s*note\s*:",
+}
+LEAK_FILTER_VERSION = 1
+_LEAKS = {k: re.compile(v, re.I | re.M) for k, v in PROMPT_LEAKS.items()}
+# a literal that every match of the rule contains (lower case): a cheap gate before the regular expression
+_LEAK_GATES = {"special_token": ("<|",), "write_a_short": ("write",), "instruction_line": ("write",),
+               "simple_words": ("simple words",), "n_to_m_sentences": ("sentence",),
+               "summarize_article": ("summari", "one or two sentences", "article"), "chat_here_is": ("here",),
+               "chat_closing": ("hope this", "to help", "let me know"), "note": ("note",)}
+
+
+def prompt_leak(text: str) -> str | None:
+    """Name of the first PROMPT_LEAKS rule that `text` matches, or None (a clean document)."""
+    low = text.lower()
+    for name, rx in _LEAKS.items():
+        if any(g in low for g in _LEAK_GATES[name]) and rx.search(text):
+            return name
+    return None
+
 
 def clean_generation(text: str, finished: bool, min_words: int, max_words: int,
                      keep_unfinished: bool = False) -> tuple[str | None, str]:
@@ -303,6 +341,8 @@ def clean_generation(text: str, finished: bool, min_words: int, max_words: int,
         return None, "too_long"
     if "<|" in text or _REFUSAL.search(text):
         return None, "refusal_or_special"
+    if prompt_leak(text):
+        return None, "prompt_leak"
     if sum(c.isascii() for c in text) < 0.98 * len(text):
         return None, "non_ascii"
     tri = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
@@ -438,7 +478,8 @@ def _gen_header(name, args, prompts_doc, stats, extra=None):
              sampling=f"chat template, pure ancestral sampling, temperature {args.temperature}, top_k=0, top_p=1",
              prompts=prompts_doc, seed=args.seed, device=args.device, created=_today(), stats=stats,
              filters="markdown and preamble lines stripped; unfinished text cut at its last sentence; dropped if "
-                     "too short/long, refusal, special tokens, >2% non-ASCII, or <75% distinct word trigrams",
+                     "too short/long, refusal, special tokens, prompt leak (PROMPT_LEAKS), >2% non-ASCII, or <75% "
+                     "distinct word trigrams",
              script="scripts/make_corpora.py generate " + " ".join(sys.argv[2:]))
     h.update(extra or {})
     return h
@@ -471,16 +512,11 @@ def make_generated(out: Path, args) -> None:
                          random.Random(args.seed + 2), ku)
     for r in recs:
         r["measured_gender"] = gender_of(r["text"])
-    n = max(1, len(recs))
-    female = sum(r["measured_gender"] == "female" for r in recs) / n
     finish("bios_smollm", recs, st, dict(
         template="Write a short biography of {first} {last}, a famous {profession}. Use simple words. "
                  "Write 3 to 5 sentences.", female_share_requested=FEMALE_SHARE_REQUESTED,
         professions=PROFESSIONS, male_names=MALE_NAMES, female_names=FEMALE_NAMES, surnames=SURNAMES),
-        extra=dict(measured_female_share=round(female, 4),
-                   measured_gender_counts={g: sum(r["measured_gender"] == g for r in recs)
-                                           for g in ("female", "male", "none")},
-                   gender_rule="female iff more she/her/hers/herself than he/him/his/himself"))
+        extra=dict(_female_stats(recs), gender_rule="female iff more she/her/hers/herself than he/him/his/himself"))
 
     recs, st = _budgeted(gen, budgets[2], B, _news_prompt, args.max_new_tokens, mw(30), 220, cap, "news",
                          random.Random(args.seed + 3), ku)
@@ -516,9 +552,67 @@ def make_generated(out: Path, args) -> None:
     print("[generate] done:", json.dumps(done))
 
 
+def _female_stats(recs: list[dict]) -> dict:
+    n = max(1, len(recs))
+    return dict(measured_female_share=round(sum(r["measured_gender"] == "female" for r in recs) / n, 4),
+                measured_gender_counts={g: sum(r["measured_gender"] == g for r in recs)
+                                        for g in ("female", "male", "none")})
+
+
+def clean_generated(out: Path) -> dict:
+    """Apply the prompt-leak filter to already generated corpora in `out` (deterministic, idempotent).
+
+    Rows keep their ids (so their splits, a hash of the id, do not move); the header gets `leak_filter` (rules,
+    rows before/after, drops per rule); bios_smollm's measured female share is recounted; a summary whose
+    generated article (news_smollm) was dropped is dropped too ("article_dropped"). New generations apply the
+    same rules inside clean_generation, so a regenerated corpus never needs this stage.
+    """
+    report = {}
+    kept_news = None
+    for name, key in (("reviews_smollm", "text"), ("bios_smollm", "text"), ("news_smollm", "text"),
+                      ("summaries_smollm", "summary")):
+        path = out / f"{name}.jsonl.gz"
+        if not path.is_file():
+            continue
+        header, recs = read_corpus(path)
+        dropped: dict[str, int] = {}
+        kept = []
+        for r in recs:
+            why = prompt_leak(r[key])
+            if why is None and name == "summaries_smollm" and r.get("article_source") == "news_smollm" \
+                    and kept_news is not None and r["article_id"] not in kept_news:
+                why = "article_dropped"
+            if why is None:
+                kept.append(r)
+            else:
+                dropped[why] = dropped.get(why, 0) + 1
+        if name == "news_smollm":
+            kept_news = {r["id"] for r in kept}
+        old = header.get("leak_filter")
+        if old and old.get("version") == LEAK_FILTER_VERSION:  # idempotent: accumulate, keep the first n_before
+            for k, v in dropped.items():
+                old["dropped"][k] = old["dropped"].get(k, 0) + v
+            old["n_after"] = len(kept)
+        else:
+            header["leak_filter"] = dict(
+                version=LEAK_FILTER_VERSION, rules=PROMPT_LEAKS, n_before=len(recs), n_after=len(kept),
+                dropped=dropped, applied=_today(), script="scripts/make_corpora.py clean",
+                note="rows kept their ids (ids have gaps); the zoo models of 2026-11-27 were trained before this "
+                     "filter, on all n_before rows")
+        if name == "bios_smollm":
+            header.update(_female_stats(kept))
+        header["filters"] = ("markdown and preamble lines stripped; unfinished text cut at its last sentence; "
+                             "dropped if too short/long, refusal, special tokens, prompt leak (PROMPT_LEAKS), "
+                             ">2% non-ASCII, or <75% distinct word trigrams")
+        write_corpus(path, header, kept)
+        report[name] = dict(n_before=len(recs), n_after=len(kept), dropped=dropped)
+        print(f"[clean] {name}: {len(recs)} -> {len(kept)} rows, dropped {dropped}")
+    return report
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["code", "real", "generate"])
+    ap.add_argument("stage", choices=["code", "real", "generate", "clean"])
     ap.add_argument("--out", default=str(REPO / "data" / "corpora"))
     ap.add_argument("--gensim-wheel", help="path of a downloaded gensim-4.4.0 wheel (stage real)")
     ap.add_argument("--device", default="cpu")
@@ -537,6 +631,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.stage == "code":
         make_code(out)
+    elif args.stage == "clean":
+        clean_generated(out)
     elif args.stage == "real":
         if not args.gensim_wheel:
             raise ValueError("stage 'real' needs --gensim-wheel (pip download --no-deps gensim==4.4.0)")

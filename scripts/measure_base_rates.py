@@ -9,6 +9,7 @@ Unconditional tasks sample from <|bos|>; conditional ones use `--contexts` held-
 Usage:
   python scripts/measure_base_rates.py                      # print a markdown table and the JSON
   python scripts/measure_base_rates.py --write              # also store it as "base_rates" in data/models/zoo.json
+  python scripts/measure_base_rates.py --tasks compile,pep8 --per-context 4 --write --merge   # update some tasks
   python scripts/measure_base_rates.py --n 256 --contexts 16 --per-context 4 --tasks amazing,female   # quick look
 """
 from __future__ import annotations
@@ -87,7 +88,8 @@ def measure(tasks, n: int, contexts: int | None, per_context: int, seed: int, ba
         if kind == "bos":
             prompts, n_per = zoo.bos_zoo_prompts(1), n
         else:
-            prompts, n_per = zoo.zoo_prompts(kind, contexts, tokenizer=tok), per_context
+            prompts = zoo.zoo_prompts(kind, contexts, tokenizer=tok)
+            n_per = per_context or {"news-summary": 8, "code": 4}[kind]
         s = draw(model, prompts, n_per, T, seed, batch_size)
         sampling.decode(s, tok)
         t_sample = time.time() - t0
@@ -114,33 +116,56 @@ def table(results: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=",".join(zoo.ZOO_TASKS))
-    ap.add_argument("--n", type=int, default=2048, help="samples per unconditional task (one BOS prompt)")
+    ap.add_argument("--n", type=int, default=1024, help="samples per unconditional task (one BOS prompt)")
     ap.add_argument("--contexts", type=int, default=None, help="test contexts of conditional tasks (default: all)")
-    ap.add_argument("--per-context", type=int, default=8, help="samples per context (conditional tasks)")
+    ap.add_argument("--per-context", type=int, default=None,
+                    help="samples per context; default 8 for news-summary (50 articles), 4 for code (196 functions)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="store the results in data/models/zoo.json base_rates")
+    ap.add_argument("--merge", action="store_true", help="with --write: replace only the measured tasks")
+    ap.add_argument("--json-out", default=None, help="also save {meta, tasks} to this file")
+    ap.add_argument("--from-json", default=None, nargs="+",
+                    help="measure nothing: take {meta, tasks} from files saved by --json-out (with --write)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
     bad = [t for t in tasks if t not in zoo.ZOO_TASKS]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; allowed: {list(zoo.ZOO_TASKS)}")
+    if args.from_json:
+        saved = [json.loads(Path(f).read_text()) for f in args.from_json]
+        write({k: v for d in saved for k, v in d["tasks"].items()}, saved[-1]["meta"], args.merge)
+        return
     t0 = time.time()
     results = measure(tasks, args.n, args.contexts, args.per_context, args.seed, args.batch_size)
-    meta = dict(script="scripts/measure_base_rates.py " + " ".join(sys.argv[1:]), seed=args.seed, n_bos=args.n,
-                contexts=args.contexts or "all test", per_context=args.per_context,
-                sampling="pure ancestral (temperature 1, no top-k/top-p), fdpg_core.sampling.sample",
-                torch=torch.__version__, seconds=round(time.time() - t0, 1), created=_dt.date.today().isoformat())
+    cmd = "python scripts/measure_base_rates.py " + " ".join(a for a in sys.argv[1:] if a not in ("--write",
+                                                                                                   "--merge"))
+    for r in results.values():
+        r["command"] = cmd  # each number with the command that reproduces it (seeded)
+    meta = dict(seed=args.seed, sampling="pure ancestral (temperature 1, no top-k/top-p), fdpg_core.sampling.sample",
+                conditional_contexts="test split: Lee lee.cor articles (news-summary), held-out stdlib functions "
+                                     "with prompts <= 256 tokens (code)",
+                torch=torch.__version__, created=_dt.date.today().isoformat())
     print(table(results))
     print(json.dumps(dict(meta=meta, tasks=results), indent=1))
+    print(f"[measure_base_rates] {time.time() - t0:.0f}s")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(dict(meta=meta, tasks=results), indent=1) + "\n")
     if args.write:
-        path = zoo.MODELS_DIR / "zoo.json"
-        z = json.loads(path.read_text())
-        z["base_rates"] = dict(meta=meta, tasks=results)
-        path.write_text(json.dumps(z, indent=1, ensure_ascii=False) + "\n")
-        print(f"wrote base_rates to {path}")
+        write(results, meta, args.merge)
+
+
+def write(results: dict, meta: dict, merge: bool) -> None:
+    """Store results as data/models/zoo.json["base_rates"] (merge: keep the other tasks' stored results)."""
+    path = zoo.MODELS_DIR / "zoo.json"
+    z = json.loads(path.read_text())
+    old = z.get("base_rates", {}).get("tasks", {}) if merge else {}
+    both = {**old, **results}
+    z["base_rates"] = dict(meta=meta, tasks={k: both[k] for k in zoo.ZOO_TASKS if k in both})
+    path.write_text(json.dumps(z, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote base_rates ({len(z['base_rates']['tasks'])} tasks) to {path}")
 
 
 if __name__ == "__main__":

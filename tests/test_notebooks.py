@@ -12,6 +12,9 @@ Executed (marked slow; about 25 s each on 2 idle cores):
       training did something (every divergence's exact D_f dropped; forward KL covers, reverse KL seeks) and the
       summary equals the committed reference output;
   (e) `pytest --nbval-lax notebooks/00_toy_exact.ipynb` in a subprocess, so the NBVAL_CHECK_OUTPUT marking stays honest.
+  (f) 01_scalar_preference and 02_model_size_scaling through papermill at their smoke defaults: every run raised the
+      alignment E_π[r] (per batch and on fresh samples), moved π away from a by a finite KL(π‖a), kept every metric
+      finite and recorded J = E_π[r] − β·KL(π‖a) consistently with KL(π‖p) = log Z − J/β; summaries equal the reference.
 """
 import ast
 import math
@@ -192,3 +195,83 @@ def test_nbval_lax_on_00_toy_exact():
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=kernel_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------- (f) 01 and 02
+def _smoke_summary_matches(path, ran):
+    """The executed NBVAL_CHECK_OUTPUT summary equals the committed reference (deterministic on CPU)."""
+    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
+    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
+    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
+
+
+def _check_scalar_run(r, *, min_gain, min_batch_gain):
+    """One scalar-preference run (p ∝ a·exp(r/β)) did something and did not diverge."""
+    h, f = r["history"], r["final"]
+    assert all(math.isfinite(x["train/loss"]) and x.get("train/skipped", 0) == 0 for x in h)
+    assert all(x["div/kl_pi_a"] is not None and math.isfinite(x["div/kl_pi_a"]) for x in h)
+    # the per-batch alignment E_π[r] rose along training (θ_0 = a)
+    ar = [x["align/r"] for x in h]
+    assert sum(ar[-4:]) / 4 > sum(ar[:4]) / 4 + min_batch_gain, (r["setting"], r["divergence"], ar)
+    # fresh samples of the final π against fresh samples of a
+    assert f["E_r"] > f["base/E_r"] + min_gain, (r["setting"], r["divergence"], f["E_r"], f["base/E_r"])
+    # π moved away from a, by a finite amount (a diverged run has KL(π‖a) → ∞ or NaN)
+    assert 0.1 < f["kl_pi_a"] < 20, (r["setting"], r["divergence"], f["kl_pi_a"])
+    for k in ("entropy", "kl_p_pi", "kl_pi_p", "rl_objective", "log_Z", "distinct_2", "self_bleu_4"):
+        assert f[k] is not None and math.isfinite(f[k]), k
+    assert 0 < f["distinct_1"] <= f["distinct_2"] <= 1 and 0 <= f["self_bleu_5"] <= f["self_bleu_3"] <= 1
+    # the RL identity recorded by the notebook: KL(π‖p) = log Z − J/β, J = E_π[r] − β KL(π‖a)
+    beta = r["config"]["beta"]
+    assert f["rl_objective"] == pytest.approx(f["E_r"] - beta * f["kl_pi_a"], abs=1e-5)
+    assert f["kl_pi_p"] == pytest.approx(f["log_Z"] - f["rl_objective"] / beta, abs=1e-4)
+    assert f["rl_optimum"] == pytest.approx(beta * f["log_Z"], abs=1e-5)
+    # the target is sharper than a: E_p[r] > E_a[r], KL(p‖a) > 0
+    assert f["p/E_r"] > f["base/E_r"] and f["p/kl_p_a"] > 0
+
+
+@pytest.mark.slow
+def test_smoke_run_of_01_scalar_preference(tmp_path):
+    path = NOTEBOOK_DIR / "01_scalar_preference.ipynb"
+    out, figs = tmp_path / "results", tmp_path / "figures"
+    ran = run_notebook(path, tmp_path / "01.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
+    _, params = parameters_cell(_read(path))
+    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    betas = params["betas"][0]
+    assert set(runs) == {(f"beta{b:g}", d, 0) for b in betas for d in DEFAULT_DIVERGENCES}
+    for (setting, div, _), r in runs.items():
+        assert r["experiment"] == "scalar_preference" and r["preset"] == "smoke"
+        assert len(r["history"]) == params["n_steps"][0] and r["config"]["batch_size"] == params["batch_size"][0]
+        _check_scalar_run(r, min_gain=0.15, min_batch_gain=0.1)
+        f = r["final"]
+        # the KL-regularised RL objective rose from its value at π = a (J(a) = E_a[r]) and stays below J* = β log Z
+        assert f["base/E_r"] < f["rl_objective"] < f["rl_optimum"] + 0.05, (div, f["rl_objective"])
+        assert len(r["arrays"]["texts"]) == params["n_show"][0]
+    for name in [f"curves_beta{b:g}" for b in betas] + ["rl_objective", "final_metrics"]:
+        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    for name in ("final_metrics", "ordering", "base_and_target"):
+        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith("| beta")
+    _smoke_summary_matches(path, ran)
+
+
+@pytest.mark.slow
+def test_smoke_run_of_02_model_size_scaling(tmp_path):
+    path = NOTEBOOK_DIR / "02_model_size_scaling.ipynb"
+    out, figs = tmp_path / "results", tmp_path / "figures"
+    ran = run_notebook(path, tmp_path / "02.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
+    _, params = parameters_cell(_read(path))
+    sizes = params["sizes"][0]
+    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    assert set(runs) == {(s, d, 0) for s in sizes for d in DEFAULT_DIVERGENCES}
+    for r in runs.values():
+        assert r["experiment"] == "model_size_scaling" and r["preset"] == "smoke"
+        _check_scalar_run(r, min_gain=-0.05, min_batch_gain=0.05)  # the tiny rungs move slowly
+    params_of = {s: runs[s, "kl", 0]["final"]["params"] for s in sizes}
+    assert [params_of[s] for s in sizes] == sorted(params_of.values()) and len(set(params_of.values())) == len(sizes)
+    for s in sizes:  # on average over divergences every size gained alignment
+        gains = [runs[s, d, 0]["final"]["E_r"] - runs[s, d, 0]["final"]["base/E_r"] for d in DEFAULT_DIVERGENCES]
+        assert sum(gains) / len(gains) > 0.05, (s, gains)
+    for name in ("curves", "size_alignment", "size_distinct", "size_entropy", "size_self_bleu", "size_kl"):
+        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    assert (figs / "final_metrics.md").read_text().startswith("| setting")
+    assert (figs / "ordering.md").read_text().startswith("| size")
+    _smoke_summary_matches(path, ran)

@@ -1,0 +1,80 @@
+"""Tests for scripts/bench.py: the FLOP formula on tiny models, the interleaved timing protocol, and a --quick run
+(whose distribution check compares our sampler with generate() on an enumerable model and must also reject a
+temperature-0.5 sampler, i.e. the check has power)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _bench()
+
+
+def test_flop_formula_on_tiny_models(make_tiny_lm):
+    # GPT-2 (tied head): per layer c_attn E×3E + c_proj E×E + c_fc E×4E + mlp c_proj 4E×E = 12E²; head V×E once
+    L, E, V = 2, 16, 32
+    assert bench.matmul_params(make_tiny_lm("gpt2", vocab_size=V)) == L * 12 * E * E + V * E
+    # Llama (untied head): q, o E×E; k, v E×(nkv·hd) = E×8; gate, up, down E×I (I = 32); head V×E
+    llama = make_tiny_lm("llama", vocab_size=V)
+    per_layer = 2 * E * E + 2 * E * 8 + 3 * E * 32
+    assert bench.matmul_params(llama) == L * per_layer + V * E
+    f = bench.step_flops(1000, n_sampled=64, n_scored=60)
+    assert f == {"sample": 2 * 1000 * 64, "score_base": 2 * 1000 * 60, "policy_fwd_bwd": 6 * 1000 * 60,
+                 "total": 1000 * (2 * 64 + 8 * 60)}
+
+
+def test_interleaved_order_warmup_and_ratio():
+    calls, now = [], [0.0]
+    cost = {"ours": 1.0, "ref": 3.0}
+
+    def clock():
+        return now[0]
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            now[0] += cost[name]
+        return fn
+
+    t = bench.interleaved({"ours": make("ours"), "ref": make("ref")}, reps=5, warmup=1, clock=clock)
+    assert calls == ["ours", "ref"] * 6  # A B A B …, the first round is the warm-up
+    assert t == {"ours": [1.0] * 5, "ref": [3.0] * 5}
+    s = bench.summary(t, "ours", "ref")
+    assert s["ratio"] == 3.0 and s["n_reps"] == 5
+    with pytest.raises(ValueError, match="reps"):
+        bench.interleaved({"a": lambda: None}, reps=0)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = bench.main(["--quick", "--out", str(out)])
+    return res, out
+
+
+def test_quick_run_writes_results_and_same_distribution(quick_run):
+    res, out = quick_run
+    assert res["errors"] == {}
+    name = res["machine"] + "-quick"
+    saved = json.loads((out / f"{name}.json").read_text())
+    assert saved["machine"].startswith("cpu-") and saved["reps"] >= 5 and len(saved["load_avg_start"]) == 3
+    d = saved["distribution_check"]
+    assert d["tv_ours_vs_generate"] < d["tolerance"] < d["tv_control_temperature_0.5"] and d["passed"]
+    for row in saved["sampling"]:
+        assert row["n_reps"] >= 5 and row["ratio"] > 0 and set(row["tokens_per_s"]) == {"ours", "generate"}
+    step = saved["fdpg_step"][0]
+    assert step["flops"]["total"] == 10 * step["n_matmul_params"] * step["B"] * step["T"]
+    assert 0 < step["efficiency"]["ours_vs_float32"] and step["ratio"] > 0
+    md = (out / f"{name}.md").read_text()
+    assert "| sampling tokens/s vs generate() |" in md and "f-DPG step" in md and "passed" in md
