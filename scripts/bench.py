@@ -513,7 +513,11 @@ def _log(*a):
     print(*a, flush=True)
 
 
-def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None) -> dict:
+SECTIONS = ("matmul_flop_s", "distribution_check", "sampling", "sampling_smollm2", "fdpg_step", "fdpg_step_memory",
+            "exactness")
+
+
+def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None, only=None) -> dict:
     from fdpg_core.smollm import load_smollm2
 
     p = plan(device, quick)
@@ -522,7 +526,7 @@ def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = 
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
-                     "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}}
+                     "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None}
     import transformers
 
     res["transformers"] = transformers.__version__
@@ -532,6 +536,8 @@ def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = 
         res["gpu"] = torch.cuda.get_device_name()
 
     def section(name, fn):
+        if only and name not in only:
+            return
         t0 = time.time()
         try:
             res[name] = fn()
@@ -693,7 +699,7 @@ def markdown(res: dict) -> str:
 
 def write(res: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = res["machine"] + ("-quick" if res["quick"] else "")
+    name = res["machine"] + ("-quick" if res["quick"] else "") + ("-partial" if res.get("only") else "")
     (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
     (out_dir / f"{name}.md").write_text(markdown(res))
     if os.environ.get("OUT"):  # the device machine's return folder
@@ -706,6 +712,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
     ap.add_argument("--out", default=str(ROOT / "figures" / "bench"), help="output folder")
+    ap.add_argument("--only", default="", help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
     ap.add_argument("--cuda-tests", action="store_true",
                     help="first run the sampler's tests (CUDA ones included) and record their result")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -725,8 +732,11 @@ def main(argv=None) -> dict | None:
             raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible")
+        only = [x for x in args.only.split(",") if x]
+        if set(only) - set(SECTIONS):
+            raise SystemExit(f"--only: unknown sections {sorted(set(only) - set(SECTIONS))}; allowed: {SECTIONS}")
         tests = run_tests(Path(args.out), args.device) if args.cuda_tests else None
-        res = run(args.device, args.quick, Path(args.out), tests=tests)
+        res = run(args.device, args.quick, Path(args.out), tests=tests, only=only)
         print(markdown(res))
         return res
     finally:

@@ -285,7 +285,7 @@ _REFUSAL = re.compile(r"as an ai|i'm sorry|i am sorry|i cannot|i can't|language 
 # Prompt leaks: SmolLM2 sometimes repeats its instruction ("... Write a short news report about ...", "Use simple
 # words.", "Write 3 to 5 sentences.") or talks as a chat assistant ("Here's a possible biography of ...", "I hope this
 # helps"). Such a document is dropped whole (reason "prompt_leak"); `prompt_leak` names the first rule that matches.
-# Checked on every committed generated row: none of these phrases occurs in a clean one. Case-insensitive; ^ = line start.
+# Every row these rules flagged in the committed corpora was read: all were leaks. Case-insensitive; ^ = line start.
 PROMPT_LEAKS = {
     "special_token": r"<\|",
     "write_a_short": r"\bwrite (?:a|an) short\b",

@@ -140,10 +140,15 @@ def main(argv=None):
         return
     t0 = time.time()
     results = measure(tasks, args.n, args.contexts, args.per_context, args.seed, args.batch_size)
-    cmd = "python scripts/measure_base_rates.py " + " ".join(a for a in sys.argv[1:] if a not in ("--write",
-                                                                                                   "--merge"))
+    # each number with the command that reproduces it. --tasks is left out: every (model, prompts) group seeds
+    # its own generator, so a task's number does not depend on which other tasks were measured with it.
+    argv, keep, drop = sys.argv[1:], [], ("--write", "--merge", "--tasks", "--json-out")
+    for i, a in enumerate(argv):
+        if a not in drop and not (i and argv[i - 1] in ("--tasks", "--json-out")):
+            keep.append(a)
+    cmd = " ".join(["python scripts/measure_base_rates.py", *keep])
     for r in results.values():
-        r["command"] = cmd  # each number with the command that reproduces it (seeded)
+        r["command"] = cmd
     meta = dict(seed=args.seed, sampling="pure ancestral (temperature 1, no top-k/top-p), fdpg_core.sampling.sample",
                 conditional_contexts="test split: Lee lee.cor articles (news-summary), held-out stdlib functions "
                                      "with prompts <= 256 tokens (code)",

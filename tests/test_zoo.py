@@ -23,7 +23,7 @@ ROOT = zoo.REPO_ROOT
 N_BOS = {"reviews": 512, "base": 384, "bios": 128}
 N_CTX = {"news-summary": (24, 4), "code": (24, 2)}
 WEAK = {"summary-entities": "the committed news-summary model copies few names from the article: >= 1 entity, all "
-                            "in the source, holds on 0 of 400 samples (docs/ZOO.md); retrain it, then drop this mark"}
+                            "in the source, holds on 1 of 400 samples (docs/ZOO.md); retrain it, then drop this mark"}
 
 
 def _script(name):
@@ -58,16 +58,20 @@ def test_zoo_table_matches_the_committed_models():
 
 @pytest.fixture(scope="module")
 def val_rows(tok):
-    """data kind -> (x (16, L), y (16, L)): the first 16 validation rows exactly as scripts/pretrain_zoo.py builds
-    them (labels -100 where no loss is taken)."""
+    """data kind -> (x (16, L), y (16, L)): the first 16 validation rows exactly as scripts/pretrain_zoo.py's
+    load_split orders and builds them (labels -100 where no loss is taken)."""
     pz, cache = _script("pretrain_zoo"), {}
+    first = {"text": "reviews_smollm", "reviews": "reviews_smollm", "bios": "bios_smollm"}  # TEXT starts with reviews
 
     def get(data):
         if data not in cache:
-            rows, starts, _ = pz.load_split(zoo.CORPORA_DIR, data, "val", tok, 384)
-            x, y = pz.to_tensors(rows[:16], starts[:16], 2, 384)
-            L = int((x != 2).sum(1).max())
-            cache[data] = (x[:, :L], y[:, :L])
+            if data == "news-summary":
+                rows, starts = pz._summary_rows(tok, zoo.load_corpus("summaries_smollm", "val")[:16], 512)
+            else:
+                recs = zoo.load_corpus(first.get(data, "code_stdlib"), "val")[:16]
+                rows, starts = pz._rows(tok, [r["code" if data == "code" else "text"] for r in recs], 384)
+            x, y = pz.to_tensors(rows, starts, 2, max(map(len, rows)))
+            cache[data] = (x, y)
         return cache[data]
 
     return get
@@ -183,8 +187,9 @@ def test_every_task_scorer_loads_offline_fast():
 # ----------------------------------------------------------------------------------------------- base rates
 @pytest.fixture(scope="module")
 def drawn(tok):
-    """{(model, prompts, max_new_tokens): (Samples with texts, ZooPrompts)}, each drawn once, seeded."""
-    cache = {}
+    """{(model, prompts, max_new_tokens): (Samples with texts, ZooPrompts)}, each drawn once. Unconditional rows are
+    the first N_BOS rows of scripts/measure_base_rates.py's recorded measurement (same seed, same chunks of 256)."""
+    draw, cache = _script("measure_base_rates").draw, {}
 
     def get(task):
         t = zoo.ZOO_TASKS[task]
@@ -196,9 +201,7 @@ def drawn(tok):
             else:
                 C, n = N_CTX[t.model]
                 p = zoo.zoo_prompts(t.prompts, C, tokenizer=tok)
-            ids, mask, ctx = sampling.repeat_prompts(p.ids, p.mask, n)
-            s = sampling.sample(model, ids, mask, t.max_new_tokens, eos_token_id=1, pad_token_id=2,
-                                context_ids=ctx, generator=torch.Generator().manual_seed(0))
+            s = draw(model, p, n, t.max_new_tokens, 0, 256)
             sampling.decode(s, tok)
             cache[key] = (s, p)
         return cache[key]
