@@ -38,7 +38,7 @@ def _smoke(name, tmp_path, settings):
         assert 0 < r["final"]["eval/kl_pi_a" if name != "06_well_specified" else "eval/kl_pi_p"] < 50
     ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
     got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
-    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
+    assert "".join(o.get("text", "") for o in got.outputs) == "".join(o.get("text", "") for o in ref.outputs)
     return runs, params, figs
 
 
