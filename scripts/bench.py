@@ -713,6 +713,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
     ap.add_argument("--out", default=str(ROOT / "figures" / "bench"), help="output folder")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's, = the cores)")
     ap.add_argument("--cuda-tests", action="store_true",
                     help="first run the sampler's tests (CUDA ones included) and record their result")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -732,6 +733,8 @@ def main(argv=None) -> dict | None:
             raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         only = [x for x in args.only.split(",") if x]
         if set(only) - set(SECTIONS):
             raise SystemExit(f"--only: unknown sections {sorted(set(only) - set(SECTIONS))}; allowed: {SECTIONS}")
