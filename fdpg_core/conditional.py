@@ -12,6 +12,7 @@ summarisation and code notebooks (07, 08).
                                Distinct-n / Self-BLEU, ROUGE (with references), entity statistics
     PeriodicEval               metrics_fn for `train`: evaluate(...) every eval_every steps (not at 0 / the end)
     context_log_Z(out_dir)     the running log Ẑ_c (C,) and sample counts from train()'s checkpoint
+    z_stats(log_Z)             mean / median / min / max of Ẑ_c over contexts, share with Ẑ_c ≈ 0
     reference_under_p(ev, b)   what the target p itself would score, from samples of a: KL(p‖a) = E_c[−log Z_c],
                                E_p[length], the share of contexts with no sample meeting b
     with_evaluations(...)      a train() history with the evaluations of a (step 0) and of the final π (step n)

@@ -120,7 +120,6 @@ def test_entity_b_from_evaluate_equals_the_scorer():
     assert st["n_entities"][2] == 0 and st["n_in_source"][1] < st["n_entities"][1]
 
 
-
 def test_trim_left_and_subset_keep_prompts():
     ids = torch.tensor([[2, 2, 2, 5, 6], [2, 2, 7, 8, 9], [2, 2, 2, 2, 4]])
     mask = (ids != 2).long()
