@@ -54,3 +54,22 @@ def test_top_level_layout():
     for d in ["notebooks", "fdpg_core", "figures", "data", "tests"]:
         assert (ROOT / d).is_dir(), d
     assert (ROOT / "environment.yml").is_file()
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
+
+
+def _local_links(md: Path):
+    for target in LINK.findall(md.read_text()):
+        if "://" in target or target.startswith(("#", "mailto:")):
+            continue
+        yield target.split("#")[0]
+
+
+def test_markdown_links_point_at_committed_files():
+    """Every relative link and image in the README, notebooks/README and docs/ names a file that exists, so the
+    Results section cannot cite a figure that was renamed or never rendered."""
+    docs = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = [f"{md.relative_to(ROOT)} -> {t}" for md in docs for t in _local_links(md)
+               if t and not (md.parent / t).exists()]
+    assert not missing, missing
