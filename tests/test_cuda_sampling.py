@@ -196,6 +196,33 @@ def test_recomputing_head_allocates_no_full_vocabulary_tensor(make_tiny_lm, monk
     assert max(e.cpu_memory_usage for e in prof.events()) >= N * V * 4
 
 
+def test_cpu_speedups_are_bitwise_neutral(make_tiny_lm, monkeypatch):
+    """The lean decoder's CPU shortcuts change no bit: the GPT-2 blocks with their modules inlined
+    (_gpt2_direct) and the LM head computed block by block over the vocabulary give the same tokens, log_q,
+    teacher-forced log-probs and gradients as the module-by-module forward with one head product."""
+    model = make_tiny_lm("gpt2", vocab_size=300, seed=0, eos_bias=2.0, init=0.3)
+    ids, mask, ctx = _prompts()
+    monkeypatch.setattr(cuda_sampling, "_HEAD_BLOCK", 64)  # 300 = 4 blocks of 64 + one of 44
+    assert cuda_sampling.LeanDecoder(model, 2, 4)._direct  # the stock GPT-2 modules take the inlined path
+    init = cuda_sampling.LeanDecoder.__init__
+    out = {}
+    for fast in (True, False):
+        def patched(self, *a, _fast=fast, **k):
+            init(self, *a, **k)
+            self._direct = self._direct and _fast
+        monkeypatch.setattr(cuda_sampling.LeanDecoder, "__init__", patched)
+        monkeypatch.setattr(cuda_sampling, "_HEAD_BLOCK_MAX_ROWS", 128 if fast else 0)
+        s = sample(model, ids, mask, 10, eos_token_id=EOS, pad_token_id=PAD, context_ids=ctx,
+                   generator=torch.Generator().manual_seed(3))
+        model.zero_grad(set_to_none=True)
+        lp = score(model, s, return_token_logprobs=True)
+        lp.sum().backward()
+        out[fast] = (s.tokens, s.log_q, lp.detach(), [p.grad.clone() for p in model.parameters()])
+    (t1, q1, l1, g1), (t0, q0, l0, g0) = out[True], out[False]
+    assert torch.equal(t1, t0) and torch.equal(q1, q0) and torch.equal(l1, l0)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g0))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 4. Which models, bad choices
 # ------------------------------------------------------------------------------------------------------------
