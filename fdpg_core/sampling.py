@@ -535,9 +535,9 @@ def sample(
       "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape);
       "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile into two Inductor
                graphs (decode body; draw + bookkeeping) around the eager LM head (needs a C++ compiler; the first
-               call per model/shape compiles for ~5-60 s, then it is cached per model/shape like "graph"). Same uniforms, same maths summed in
-               another order: log_q agrees to rounding, and a token can differ only when a uniform falls within
-               rounding of a CDF boundary.
+               call per model/shape compiles for ~5-60 s, then it is cached per model/shape like "graph").
+               Same uniforms, same maths summed in another order: log_q agrees to rounding, and a token can
+               differ only when a uniform falls within rounding of a CDF boundary.
     """
     # 1. validate
     V = _vocab_size(model)
