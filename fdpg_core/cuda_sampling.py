@@ -413,26 +413,26 @@ class StaticSampler:
         self.finished = torch.zeros((B,), device=dev, dtype=torch.bool)
         self.eos = torch.tensor(list(eos_ids), **long)  # (E,)
         self.graph = None
-        self.compiled, self.compile_s = None, None  # the compiled step (impl="compile"); seconds of its first call
+        self.compile, self.compile_s = compile, None  # impl="compile"; seconds of the compiled step's first call
         if compile:
             if use_graph:
                 raise ValueError("StaticSampler: use_graph and compile are exclusive; allowed: one or neither")
             reason = compile_unavailable_reason()
             if reason is not None:
                 raise ValueError(f"compile=True: {reason}")
+            self._draw_fn = _draw_blocked  # every draw of this sampler, the eager prefill's included
             V = self.dec.head.weight.shape[0]
             self._logits = torch.empty((B, V), device=dev, dtype=self.dec.head.weight.dtype)  # reused
-            self._body_c = torch.compile(self._body_compiled, fullgraph=True, dynamic=False)
-            self._record_c = torch.compile(self._record_compiled, fullgraph=True, dynamic=False)
-            self.compiled = self._compiled_step
+            self._feed_c = torch.compile(self._feed, fullgraph=True, dynamic=False)
+            self._record_c = torch.compile(self._record, fullgraph=True, dynamic=False)
 
-    def _record(self, logits: torch.Tensor, draw=None) -> None:
-        """Draw x_t ~ softmax(logits) with U[t] (by `draw`, default sampling._draw); finished rows emit pad and
-        count nothing; t += 1."""
+    def _record(self, logits: torch.Tensor) -> None:
+        """Draw x_t ~ softmax(logits) with U[t] (sampling._draw; _draw_blocked when compiled); finished rows emit
+        pad and count nothing; t += 1."""
         if self.truncated:
             logits = self._truncate_fn(logits.float(), *self.truncation)
         u = self.U.index_select(0, self.t)[0]  # (B, 1)
-        tok, logp = (draw or self._draw_fn)(logits, u)  # (B,), (B,)
+        tok, logp = self._draw_fn(logits, u)  # (B,), (B,)
         alive = ~self.finished
         tok = torch.where(alive, tok, self.pad)
         self.tokens.index_copy_(1, self.t, tok[:, None])
@@ -443,28 +443,20 @@ class StaticSampler:
         self.prev.copy_(tok)
         self.t += 1
 
-    def _decode_step(self) -> None:
-        c = self.t + (self.Tp - 1)  # (1,) cache slot of x_{t−1}
-        self.key_valid.index_fill_(1, c, True)
-        pos = self.n_real + (self.t - 1)  # (B, 1) model position of x_{t−1}
-        h = self.dec.forward(self.prev[:, None], pos, c, self.key_valid)  # (B, 1, E)
-        self._record(self.dec.logits(h[:, -1]))
-
-    def _body_compiled(self) -> torch.Tensor:
-        """First half of the compiled step (torch.compile'd): feed x_{t−1} -> final hidden states (B, E)."""
+    def _feed(self) -> torch.Tensor:
+        """Feed x_{t−1} at cache slot Tp + t − 1 -> final hidden states (B, E)."""
         c = self.t + (self.Tp - 1)  # (1,) cache slot of x_{t−1}
         self.key_valid.index_fill_(1, c, True)
         pos = self.n_real + (self.t - 1)  # (B, 1) model position of x_{t−1}
         return self.dec.forward(self.prev[:, None], pos, c, self.key_valid)[:, -1]  # (B, E)
 
-    def _record_compiled(self, logits: torch.Tensor) -> None:
-        """Second half (torch.compile'd): the two-level draw and the bookkeeping of _record."""
-        self._record(logits, _draw_blocked)
+    def _decode_step(self) -> None:
+        self._record(self.dec.logits(self._feed()))
 
     def _compiled_step(self) -> None:
-        """One step of impl="compile": compiled body, the eager LM head into a reused (B, V) buffer (an Inductor
-        graph would allocate a fresh multi-MB logits tensor per step: page faults), compiled draw."""
-        self._record_c(self.dec.logits(self._body_c(), out=self._logits))
+        """One step of impl="compile": _feed and _record compiled, the eager LM head between them writing a reused
+        (B, V) buffer (an Inductor graph would allocate a fresh multi-MB logits tensor per step: page faults)."""
+        self._record_c(self.dec.logits(self._feed_c(), out=self._logits))
 
     def _capture(self) -> int:
         """Two eager warm-up steps on a side stream (they are real steps), then capture one step. Returns the
@@ -509,14 +501,14 @@ class StaticSampler:
         self.finished.zero_()
         # 1. prefill (eager, int slots 0 … Tp−1) and x_0
         h = self.dec.forward(self.prompt_ids, self.prompt_pos, 0, self.key_valid)  # (B, Tp, E)
-        self._record(self.dec.logits(h[:, -1]), _draw_blocked if self.compiled is not None else None)
+        self._record(self.dec.logits(h[:, -1]))
         # 2. x_1 … x_{T−1}: graph replays (or eager steps); a host sync only every sync_every steps, if EOS exists
         done = 0
         if self.use_graph and self.graph is None and self.T > 1:
             done = self._capture()
         check = self.eos.numel() > 0
         # compiled samplers share their methods' code objects: Dynamo keeps one cache entry per sampler
-        limit = (torch._dynamo.config.patch(recompile_limit=_COMPILE_RECOMPILE_LIMIT) if self.compiled is not None
+        limit = (torch._dynamo.config.patch(recompile_limit=_COMPILE_RECOMPILE_LIMIT) if self.compile
                  else contextlib.nullcontext())
         with limit:
             for i in range(done, self.T - 1):
@@ -524,13 +516,11 @@ class StaticSampler:
                     break
                 if self.graph is not None:
                     self.graph.replay()
-                elif self.compiled is not None:
-                    if self.compile_s is None:  # first call: traces and compiles (seconds), then runs the step
-                        t0 = time.perf_counter()
-                        self.compiled()
+                elif self.compile:
+                    t0 = time.perf_counter()
+                    self._compiled_step()
+                    if self.compile_s is None:  # the first call traced and compiled (seconds) before running
                         self.compile_s = time.perf_counter() - t0
-                    else:
-                        self.compiled()
                 else:
                     self._decode_step()
         return self.tokens.clone(), self.mask.clone(), self.log_q.clone()
