@@ -27,7 +27,7 @@ from torch import Tensor
 from fdpg_core import sampling
 from fdpg_core.divergences import get_divergence
 from fdpg_core.diversity import distinct_n, self_bleu
-from fdpg_core.estimators import ess, is_divergence
+from fdpg_core.estimators import ess, is_divergence, log_Z_hat
 from fdpg_core.targets import Target, _eval_mode
 
 __all__ = ["ReferenceSample", "sample_policy", "score_policy", "policy_metrics", "diversity_metrics",
@@ -110,7 +110,7 @@ class ReferenceSample:
         feats = {k: v.detach().float().cpu() for k, v in sc.features.items()}
         exact = log_Z is not None
         if log_Z is None:
-            log_Z = float(torch.logsumexp(log_P.double() - log_q.double(), 0) - math.log(len(log_P)))  # log Ẑ
+            log_Z = float(log_Z_hat(log_P.double(), log_q.double()))
         return cls(s, log_q, sc.log_a.detach().float().cpu(), log_P, feats, float(log_Z), exact)
 
     def rescore(self, target: Target, log_Z: float | None = None) -> "ReferenceSample":

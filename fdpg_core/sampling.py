@@ -603,10 +603,11 @@ def sample(
 # ----------------------------------------------------------------------------------------------------------------
 # score
 # ----------------------------------------------------------------------------------------------------------------
-def _lse_(buf: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim of fp32 (r, V) `buf`, computed in place (buf is overwritten) -> (r,)."""
-    m = buf.amax(-1, keepdim=True)  # (r, 1)
-    return (m + buf.sub_(m).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)  # m + log Σ exp(l − m)
+def _lse(l: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """fp32 logsumexp over the last dim of (r, V) logits `l` (any float dtype) -> (r,), with the fp32 (r, V) `buf`
+    as scratch (overwritten; buf may be l itself when l is fp32)."""
+    m = l.amax(-1, keepdim=True).float()  # (r, 1)
+    return (m + torch.sub(l, m, out=buf).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)  # m + log Σ exp(l − m)
 
 
 def _head_into(h: torch.Tensor, W: torch.Tensor, b, buf: torch.Tensor) -> torch.Tensor:
@@ -630,8 +631,8 @@ class _HeadLogProb(torch.autograd.Function):
         for s in range(0, N, R):
             e = min(N, s + R)
             l = _head_into(h[s:e], W, b, buf[: e - s])  # (r, V)
-            chosen = l.gather(1, y[s:e, None]).squeeze(1)  # l_y before _lse_ overwrites l
-            lse[s:e] = _lse_(l)
+            chosen = l.gather(1, y[s:e, None]).squeeze(1)  # l_y before _lse overwrites l
+            lse[s:e] = _lse(l, l)
             out[s:e] = chosen - lse[s:e]  # log p(y) = l_y − logsumexp(l)
         ctx.save_for_backward(h, W, b, y, lse)
         ctx.R = R
@@ -675,9 +676,7 @@ class _LogitsLogProb(torch.autograd.Function):
         for s in range(0, N, R):
             e = min(N, s + R)
             l = logits[s:e]  # (r, V)
-            m = l.amax(-1, keepdim=True).float()  # (r, 1)
-            # lse = m + log Σ_j exp(l_j − m)
-            lse[s:e] = (m + torch.sub(l, m, out=buf[: e - s]).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)
+            lse[s:e] = _lse(l, buf[: e - s])
             out[s:e] = l.gather(1, y[s:e, None]).squeeze(1).float() - lse[s:e]  # log p(y) = l_y − lse
         ctx.save_for_backward(logits, y, lse)
         ctx.R = R
