@@ -94,11 +94,6 @@ class ContextSet:
         return self.subset(torch.argsort(self.prompt_lengths(), stable=True).tolist())
 
 
-def _pick(what, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {sorted(allowed)}")
-
-
 def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "lee",
                      max_article_chars: int = 900, prompt_format: str = "tldr", max_prompt_tokens: int = 512,
                      skip: int = 0) -> ContextSet:
@@ -111,9 +106,10 @@ def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, 
     prompt_format "tldr": [bos] article "\\nTL;DR:" (the zoo news-summary model, scripts/pretrain_zoo.py);
     "t5": "summarize: " + article, T5's tokenizer (with its </s>), cut to max_prompt_tokens.
     """
-    _pick("summary source", source, {"lee", "cnn_dailymail"})
-    _pick("prompt_format", prompt_format, {"tldr", "t5"})
     from fdpg_core import zoo
+
+    zoo._pick("summary source", source, {"lee", "cnn_dailymail"})
+    zoo._pick("prompt_format", prompt_format, {"tldr", "t5"})
 
     if source == "lee":
         recs = zoo.load_corpus("news_lee", split)
@@ -151,8 +147,9 @@ def code_contexts(name: str, split: str, n: int | None = None, *, tokenizer, sou
     appended to the context text by the Compiles / PEP8 scorers. source "stdlib" (code_stdlib splits train / val
     / test) or "humaneval" (split "heldout"). Prompts longer than max_prompt_tokens are skipped, never cut.
     bos_token_id: first token of every prompt (the zoo's <|bos|> = 0; GPT-Neo: its <|endoftext|>; None: none)."""
-    _pick("code source", source, {"stdlib", "humaneval"})
     from fdpg_core import zoo
+
+    zoo._pick("code source", source, {"stdlib", "humaneval"})
 
     recs = zoo.load_corpus("code_humaneval" if source == "humaneval" else "code_stdlib", split)
     if source == "humaneval":
@@ -162,8 +159,7 @@ def code_contexts(name: str, split: str, n: int | None = None, *, tokenizer, sou
         texts = [r["prompt"] if docstring else r["signature"] for r in recs]
     head = [] if bos_token_id is None else [int(bos_token_id)]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    rows = [(t, head + e) for t, e in zip(texts, enc) if len(head) + len(e) <= max_prompt_tokens]
-    rows = rows if n is None else rows[:n]
+    rows = zoo._limit([(t, head + e) for t, e in zip(texts, enc) if len(head) + len(e) <= max_prompt_tokens], n)
     if not rows:
         raise ValueError(f"code_contexts: no {source} prompt of split {split!r} fits max_prompt_tokens="
                          f"{max_prompt_tokens}")

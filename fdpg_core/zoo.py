@@ -287,25 +287,15 @@ def code_prompts(split: str = "test", n: int | None = None, *, source: str = "st
     only (the paper's Python150 setting: the model then writes the docstring too).
     Prompts longer than max_prompt_tokens (with <|bos|>) are skipped, never cut: the body must follow the whole
     prompt. With the default 256 and 128 new tokens a row fits the zoo's 512 positions.
+    Built by conditional.code_contexts (the notebooks' code contexts) with the zoo's tokenizer and <|bos|>.
     """
-    _pick("code source", source, {"stdlib", "humaneval"})
     if split == "test" and source == "humaneval":
         split = "heldout"
-    tok = tokenizer or load_zoo_tokenizer()
-    recs = load_corpus("code_humaneval" if source == "humaneval" else "code_stdlib", split)
-    if source == "humaneval":
-        texts = [r["prompt"].rstrip() if docstring else
-                 r["prompt"][: r["prompt"].index(r["signature"]) + len(r["signature"])] for r in recs]
-    else:
-        texts = [r["prompt"] if docstring else r["signature"] for r in recs]
-    rows = [(t, [BOS_ID] + _encode(tok, t)) for t in texts]
-    rows = _limit([(t, ids) for t, ids in rows if len(ids) <= max_prompt_tokens], n)
-    if not rows:
-        raise ValueError(f"no {source} prompt of split {split!r} fits max_prompt_tokens={max_prompt_tokens}")
-    from fdpg_core.sampling import left_pad
+    from fdpg_core.conditional import code_contexts
 
-    ids, mask = left_pad([r for _, r in rows], PAD_ID)
-    return ZooPrompts(ids, mask, [t for t, _ in rows])
+    cs = code_contexts("code", split, n, tokenizer=tokenizer or load_zoo_tokenizer(), source=source,
+                       docstring=docstring, max_prompt_tokens=max_prompt_tokens, bos_token_id=BOS_ID)
+    return ZooPrompts(cs.ids, cs.mask, cs.contexts)
 
 
 _PROMPT_KINDS = ("bos", "news-summary", "code", "humaneval")
