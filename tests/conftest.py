@@ -5,7 +5,10 @@ Token ids used by every tiny causal model: BOS = 0, EOS = 1, PAD = 2. Tiny T5: P
 nn.Linear bias on the LM head, so generate() sees it too) to make some rows stop early.
 """
 
+import functools
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,15 +87,10 @@ def tiny_t5():
     return build_tiny_lm("t5", vocab_size=32, seed=0)
 
 
-# Notebooks whose issues (4–6) are still open: built this session but not yet verified end to end,
-# so `make test` skips their notebook tests (visibly, with this reason) until they are finished.
-# Remove a name here once its smoke run, hygiene checks and committed cpu results are verified.
-WIP_NOTEBOOKS = ()
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest
-
-    for item in items:
-        if any(name in item.nodeid for name in WIP_NOTEBOOKS):
-            item.add_marker(pytest.mark.skip(reason="notebook still in progress (issues 4-6 open); see tests/conftest.py"))
+@functools.cache
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package), once per test session."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

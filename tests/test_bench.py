@@ -1,24 +1,14 @@
 """Tests for scripts/bench.py: the FLOP formula on tiny models, the interleaved timing protocol, and a --quick run
 (whose distribution check compares our sampler with generate() on an enumerable model and must also reject a
 temperature-0.5 sampler, i.e. the check has power)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _bench()
+bench = load_script("bench")
 
 
 def test_flop_formula_on_tiny_models(make_tiny_lm):

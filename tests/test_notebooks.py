@@ -45,6 +45,28 @@ def _src(cell):
     return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
 
 
+def run_smoke(name, tmp_path):
+    """Run notebooks/<name>.ipynb at its smoke defaults into tmp_path and check that its NBVAL_CHECK_OUTPUT summary
+    equals the committed reference (what nbval checks: deterministic on CPU).
+    -> (params of its parameters cell, runs keyed (setting, divergence, seed), figure dir)."""
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    out, figs = tmp_path / "results", tmp_path / "figures"
+    ran = run_notebook(path, tmp_path / f"{name}.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
+    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
+    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
+    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
+    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    return parameters_cell(_read(path))[1], runs, figs
+
+
+def check_outputs(figs, names, tables=(), header="| "):
+    """Figures `names` (PNG > 10 kB, and PDF) and tables (CSV, and Markdown starting with `header`) were written."""
+    for name in names:
+        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    for name in tables:
+        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith(header), name
+
+
 def test_there_are_notebooks_and_preset_files():
     assert NOTEBOOKS, "no notebooks/NN_*.ipynb"
     for nb in NOTEBOOKS:
@@ -140,11 +162,7 @@ def test_parameters_cell_rejects_bad_lines_and_clear_outputs_keeps_the_check():
 # ------------------------------------------------------------------------------------------------- (d)
 @pytest.mark.slow
 def test_smoke_run_of_00_toy_exact(tmp_path):
-    path = NOTEBOOK_DIR / "00_toy_exact.ipynb"
-    out, figs = tmp_path / "results", tmp_path / "figures"
-    ran = run_notebook(path, tmp_path / "00.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
-    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
-    _, params = parameters_cell(_read(path))
+    params, runs, figs = run_smoke("00_toy_exact", tmp_path)
     alphas = params["alphas"][0]
     assert set(runs) == {(s, d, 0) for s in ("well", "misspecified") for d in DEFAULT_DIVERGENCES} | \
         {("misspecified", f"alpha={float(a)!r}", 0) for a in alphas}
@@ -176,15 +194,8 @@ def test_smoke_run_of_00_toy_exact(tmp_path):
     a0, a1 = (runs["misspecified", f"alpha={float(a)!r}", 0]["final"] for a in (0, 1))
     assert a0["mass/off_target"] > 0.3 and a1["mass/major_mode"] > 0.9
     # figures and tables rebuilt from the result files
-    for name in ("pseudo_rewards", "curves_well", "curves_misspecified", "final_distributions", "alpha_sweep",
-                 "is_vs_exact"):
-        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
-    for name in ("final_exact", "is_vs_exact"):
-        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith("| setting")
-    # the summary equals the committed reference (what nbval checks): deterministic on CPU
-    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
-    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
-    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
+    check_outputs(figs, ["pseudo_rewards", "curves_well", "curves_misspecified", "final_distributions", "alpha_sweep",
+                         "is_vs_exact"], ["final_exact", "is_vs_exact"], header="| setting")
 
 
 # ------------------------------------------------------------------------------------------------- (e)
@@ -198,13 +209,6 @@ def test_nbval_lax_on_00_toy_exact():
 
 
 # ------------------------------------------------------------------------------------------------- (f) 01 and 02
-def _smoke_summary_matches(path, ran):
-    """The executed NBVAL_CHECK_OUTPUT summary equals the committed reference (deterministic on CPU)."""
-    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
-    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
-    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
-
-
 def _check_scalar_run(r, *, min_gain, min_batch_gain):
     """One scalar-preference run (p ∝ a·exp(r/β)) did something and did not diverge."""
     h, f = r["history"], r["final"]
@@ -231,11 +235,7 @@ def _check_scalar_run(r, *, min_gain, min_batch_gain):
 
 @pytest.mark.slow
 def test_smoke_run_of_01_scalar_preference(tmp_path):
-    path = NOTEBOOK_DIR / "01_scalar_preference.ipynb"
-    out, figs = tmp_path / "results", tmp_path / "figures"
-    ran = run_notebook(path, tmp_path / "01.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
-    _, params = parameters_cell(_read(path))
-    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    params, runs, figs = run_smoke("01_scalar_preference", tmp_path)
     betas = params["betas"][0]
     assert set(runs) == {(f"beta{b:g}", d, 0) for b in betas for d in DEFAULT_DIVERGENCES}
     for (setting, div, _), r in runs.items():
@@ -246,21 +246,14 @@ def test_smoke_run_of_01_scalar_preference(tmp_path):
         # the KL-regularised RL objective rose from its value at π = a (J(a) = E_a[r]) and stays below J* = β log Z
         assert f["base/E_r"] < f["rl_objective"] < f["rl_optimum"] + 0.05, (div, f["rl_objective"])
         assert len(r["arrays"]["texts"]) == params["n_show"][0]
-    for name in [f"curves_beta{b:g}" for b in betas] + ["rl_objective", "final_metrics"]:
-        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
-    for name in ("final_metrics", "ordering", "base_and_target"):
-        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith("| beta")
-    _smoke_summary_matches(path, ran)
+    check_outputs(figs, [f"curves_beta{b:g}" for b in betas] + ["rl_objective", "final_metrics"],
+                  ["final_metrics", "ordering", "base_and_target"], header="| beta")
 
 
 @pytest.mark.slow
 def test_smoke_run_of_02_model_size_scaling(tmp_path):
-    path = NOTEBOOK_DIR / "02_model_size_scaling.ipynb"
-    out, figs = tmp_path / "results", tmp_path / "figures"
-    ran = run_notebook(path, tmp_path / "02.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
-    _, params = parameters_cell(_read(path))
+    params, runs, figs = run_smoke("02_model_size_scaling", tmp_path)
     sizes = params["sizes"][0]
-    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
     assert set(runs) == {(s, d, 0) for s in sizes for d in DEFAULT_DIVERGENCES}
     for r in runs.values():
         assert r["experiment"] == "model_size_scaling" and r["preset"] == "smoke"
@@ -270,8 +263,6 @@ def test_smoke_run_of_02_model_size_scaling(tmp_path):
     for s in sizes:  # on average over divergences every size gained alignment
         gains = [runs[s, d, 0]["final"]["E_r"] - runs[s, d, 0]["final"]["base/E_r"] for d in DEFAULT_DIVERGENCES]
         assert sum(gains) / len(gains) > 0.05, (s, gains)
-    for name in ("curves", "size_alignment", "size_distinct", "size_entropy", "size_self_bleu", "size_kl"):
-        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    check_outputs(figs, ["curves", "size_alignment", "size_distinct", "size_entropy", "size_self_bleu", "size_kl"])
     assert (figs / "final_metrics.md").read_text().startswith("| setting")
     assert (figs / "ordering.md").read_text().startswith("| size")
-    _smoke_summary_matches(path, ran)

@@ -17,18 +17,14 @@ import math
 
 import pytest
 
-from fdpg_core import results
-from fdpg_core.notebook import CHECK_MARK, NOTEBOOK_DIR, parameters_cell, run_notebook
-from test_notebooks import DEFAULT_DIVERGENCES, _read, _src
+from fdpg_core.notebook import NOTEBOOK_DIR, parameters_cell
+from test_notebooks import DEFAULT_DIVERGENCES, _read, check_outputs, run_smoke
 
 
 def _smoke(name, tmp_path, settings):
-    """Run notebook `name` at its defaults; check the generic properties; return (runs, params, figs)."""
-    path = NOTEBOOK_DIR / f"{name}.ipynb"
-    out, figs = tmp_path / "results", tmp_path / "figures"
-    ran = run_notebook(path, tmp_path / f"{name}.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
-    _, params = parameters_cell(_read(path))
-    runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    """Run notebook `name` at its defaults (summary checked by run_smoke); check the generic properties of its runs;
+    return (runs, params, figs)."""
+    params, runs, figs = run_smoke(name, tmp_path)
     assert set(runs) == {(s, d, 0) for s in settings for d in DEFAULT_DIVERGENCES}
     for r in runs.values():
         assert r["preset"] == "smoke" and r["config"]["batch_size"] == params["batch_size"][0]
@@ -36,17 +32,7 @@ def _smoke(name, tmp_path, settings):
         assert all(math.isfinite(x["train/loss"]) for x in h if x.get("train/loss") is not None)
         assert h[0]["step"] == 0 and h[-1]["step"] == params["n_steps"][0]
         assert 0 < r["final"]["eval/kl_pi_a" if name != "06_well_specified" else "eval/kl_pi_p"] < 50
-    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
-    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
-    assert "".join(o.get("text", "") for o in got.outputs) == "".join(o.get("text", "") for o in ref.outputs)
     return runs, params, figs
-
-
-def _check_outputs(figs, names, tables):
-    for name in names:
-        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
-    for name in tables:
-        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith("| "), name
 
 
 @pytest.mark.slow
@@ -69,7 +55,7 @@ def test_smoke_run_of_03_pointwise_constraints(tmp_path):
         assert 0 < f["eval/distinct/1"] <= f["eval/distinct/2"] <= 1
         assert 0 <= f["eval/self_bleu/5"] <= f["eval/self_bleu/3"] <= 1
     assert sum(rises) / len(rises) >= 0.15, rises
-    _check_outputs(figs, ["curves", "final_metrics", "alignment_vs_diversity", "floor_effect"],
+    check_outputs(figs, ["curves", "final_metrics", "alignment_vs_diversity", "floor_effect"],
                    ["final", "floor", "claims"])
 
 
@@ -92,7 +78,7 @@ def test_smoke_run_of_04_distributional_constraints(tmp_path):
         gains.append(err_a - f["eval/constraint_err"])
         assert math.isfinite(f["ref/kl"]) and f["ref/kl"] > 0
     assert sum(gains) / len(gains) >= 0.12, gains
-    _check_outputs(figs, ["fitted_targets", "curves", "final_metrics", "final_moments"], ["fit", "final", "claims"])
+    check_outputs(figs, ["fitted_targets", "curves", "final_metrics", "final_moments"], ["fit", "final", "claims"])
 
 
 @pytest.mark.slow
@@ -117,7 +103,7 @@ def test_smoke_run_of_05_sentiment(tmp_path):
     assert sum(P_pos) / len(P_pos) >= 0.03, P_pos
     text = (figs / "samples.md").read_text()
     assert text.startswith("# Samples") and "a (before)" in text
-    _check_outputs(figs, ["curves", "sentiment_histograms", "final_metrics"], ["final", "claims"])
+    check_outputs(figs, ["curves", "sentiment_histograms", "final_metrics"], ["final", "claims"])
 
 
 @pytest.mark.slow
@@ -137,4 +123,4 @@ def test_smoke_run_of_06_well_specified(tmp_path):
         assert f["dip"] == pytest.approx(f["H_min"] - f["H_p"], abs=1e-4)
         assert math.isfinite(f["log_Z_train"])
     assert sum(drops) / len(drops) < 0.75, drops
-    _check_outputs(figs, ["entropy", "divergences", "diversity"], ["final", "entropy"])
+    check_outputs(figs, ["entropy", "divergences", "diversity"], ["final", "entropy"])

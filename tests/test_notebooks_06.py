@@ -16,17 +16,14 @@ import pytest
 import torch
 
 from fdpg_core import conditional as cd
-from fdpg_core import results
-from fdpg_core.notebook import CHECK_MARK, NOTEBOOK_DIR, parameters_cell, run_notebook
-from test_notebooks import DEFAULT_DIVERGENCES, _read, _src
+from test_notebooks import DEFAULT_DIVERGENCES, check_outputs, run_smoke
 
 
 def _smoke(name, tmp_path):
-    path = NOTEBOOK_DIR / f"{name}.ipynb"
-    out, figs = tmp_path / "results", tmp_path / "figures"
-    ran = run_notebook(path, tmp_path / f"{name}.ipynb", {"out_dir": str(out), "fig_dir": str(figs)})
-    _, params = parameters_cell(_read(path))
-    runs = {(r["divergence"], r["seed"]): r for r in results.load_runs(out)}
+    """Run notebook `name` at its defaults (summary checked by run_smoke); check the generic properties of its runs;
+    return (runs keyed (divergence, seed), params, figs)."""
+    params, runs, figs = run_smoke(name, tmp_path)
+    runs = {(d, seed): r for (_, d, seed), r in runs.items()}
     assert set(runs) == {(d, 0) for d in DEFAULT_DIVERGENCES}
     n_steps = params["n_steps"][0]
     for r in runs.values():
@@ -34,10 +31,6 @@ def _smoke(name, tmp_path):
         h = r["history"]
         assert all(math.isfinite(x["train/loss"]) for x in h if x.get("train/loss") is not None)
         assert h[0]["step"] == 0 and h[-1]["step"] == n_steps
-    # the summary equals the committed reference (what nbval checks): deterministic on CPU
-    ref = [c for c in _read(path).cells if CHECK_MARK in _src(c)][0]
-    got = [c for c in ran.cells if CHECK_MARK in _src(c)][0]
-    assert [o.get("text") for o in got.outputs] == [o.get("text") for o in ref.outputs]
     return runs, params, figs
 
 
@@ -61,13 +54,6 @@ def _check_rise(runs, constraint, heldout, *, min_each=0.05, min_mean=0.15):
     assert sum(rises) / len(rises) >= min_mean, rises
 
 
-def _check_outputs(figs, names, tables):
-    for name in names:
-        assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
-    for name in tables:
-        assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith("| ")
-
-
 # ------------------------------------------------------------------------------------------------ 08_code
 @pytest.mark.slow
 def test_smoke_run_of_08_code(tmp_path):
@@ -81,7 +67,7 @@ def test_smoke_run_of_08_code(tmp_path):
         assert f["ref/train/kl_p_a"] > 0 and 0 < f["ref/stdlib_test/length_p"] < params["max_new_tokens"][0] + 1
         assert len(r["arrays"]["log_Z_c"]) == params["train_contexts"][0]
         assert sum(r["arrays"]["n_c"]) == params["n_steps"][0] * params["batch_size"][0]  # every sample counted once
-    _check_outputs(figs, [f"{n}_{c}" for n in ("curves", "rates", "z_per_context", "tradeoff")],
+    check_outputs(figs, [f"{n}_{c}" for n in ("curves", "rates", "z_per_context", "tradeoff")],
                    [f"final_{c}", f"z_{c}"])
 
 
@@ -98,7 +84,7 @@ def test_smoke_run_of_07_summarization(tmp_path):
         assert f["base/heldout/n_entities"] > 0.5  # a's summaries do name entities
         assert r["config"]["min_entities"] == k
         assert len(r["arrays"]["log_Z_c"]) == params["train_contexts"][0]
-    _check_outputs(figs, [f"{n}_min{k}" for n in ("curves", "rates", "z_per_context", "tradeoff")],
+    check_outputs(figs, [f"{n}_min{k}" for n in ("curves", "rates", "z_per_context", "tradeoff")],
                    [f"final_min{k}", f"z_min{k}"])
 
 

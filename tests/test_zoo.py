@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from conftest import load_script
 from fdpg_core import paper, sampling, scorers, zoo
 from fdpg_core.targets import BinaryFactor, ScalarFactor, Target
 from fdpg_core.train import FDPGConfig, train
@@ -24,13 +25,6 @@ N_BOS = {"reviews": 512, "base": 384, "bios": 128}
 N_CTX = {"news-summary": (24, 4), "code": (24, 2)}
 WEAK = {"summary-entities": "the committed news-summary model copies few names from the article: >= 1 entity, all "
                             "in the source, holds on 1 of 400 samples (docs/ZOO.md); retrain it, then drop this mark"}
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ def test_zoo_table_matches_the_committed_models():
 def val_rows(tok):
     """data kind -> (x (16, L), y (16, L)): the first 16 validation rows exactly as scripts/pretrain_zoo.py's
     load_split orders and builds them (labels -100 where no loss is taken)."""
-    pz, cache = _script("pretrain_zoo"), {}
+    pz, cache = load_script("pretrain_zoo"), {}
     first = {"text": "reviews_smollm", "reviews": "reviews_smollm", "bios": "bios_smollm"}  # TEXT starts with reviews
 
     def get(data):
@@ -135,7 +129,7 @@ def test_tokenizers(tok):
     assert len(tok) == 4096 and (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
     g = zoo.gpt2_tokenizer()
     assert g("Hello world")["input_ids"] == [15496, 995] and len(g) == 50257 and g.eos_token_id == 50256
-    assert _script("train_tokenizer").gpt2_tokenizer is zoo.gpt2_tokenizer  # one implementation
+    assert load_script("train_tokenizer").gpt2_tokenizer is zoo.gpt2_tokenizer  # one implementation
 
 
 def test_load_corpus_and_header():
@@ -149,7 +143,7 @@ def test_load_corpus_and_header():
 
 def test_prompts_are_the_first_tokens_of_training_rows(tok):
     """Prompt tokens == the first tokens of a training row of scripts/pretrain_zoo.py (summary and code)."""
-    pz = _script("pretrain_zoo")
+    pz = load_script("pretrain_zoo")
     rec = next(r for r in zoo.load_corpus("summaries_smollm", "test") if r["article_source"] == "lee")
     (row,), (start,) = pz._summary_rows(tok, [rec], 512)
     p = zoo.summary_prompts("test", tokenizer=tok)
@@ -189,7 +183,7 @@ def test_every_task_scorer_loads_offline_fast():
 def drawn(tok):
     """{(model, prompts, max_new_tokens): (Samples with texts, ZooPrompts)}, each drawn once. Unconditional rows are
     the first N_BOS rows of scripts/measure_base_rates.py's recorded measurement (same seed, same chunks of 256)."""
-    draw, cache = _script("measure_base_rates").draw, {}
+    draw, cache = load_script("measure_base_rates").draw, {}
 
     def get(task):
         t = zoo.ZOO_TASKS[task]
