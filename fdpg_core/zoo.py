@@ -80,8 +80,9 @@ ZOO: dict[str, ZooModel] = {
                "base fine-tuned on SmolLM2 biographies (80:20 male:female first names, 5 profession groups); "
                "a of the distributional tasks"),
     "news-summary": _m("news-summary", "t5-small on CNN/DailyMail", "t5-small",
-                       "base fine-tuned on '{article}\\nTL;DR: {summary}' (real Lee articles + generated news, "
-                       "SmolLM2 summaries), loss on the summary; a decoder with a prefix, not a T5"),
+                       "ladder-l (5.9M params) fine-tuned on '{article}\\nTL;DR: {summary}' (real Lee articles + "
+                       "generated news, SmolLM2 summaries naming no entity absent from the article), loss on the "
+                       "summary; a decoder with a prefix, not a T5"),
     "code": _m("code", "GPT-Neo-125M (Python150 signatures)", "gpt-neo-125m",
                "2.7M params trained from scratch on 3.7k Python standard-library functions (signature, "
                "docstring, body); a of the code tasks"),
@@ -329,8 +330,7 @@ class ZooTask:
 
 # Word, thresholds and min_entities were chosen from the base rates measured by scripts/measure_base_rates.py
 # (recorded in data/models/zoo.json "base_rates" and docs/ZOO.md): each pointwise constraint holds on 0.5 %–40 % of
-# the base model's samples, so it matters and Ẑ = E_a[b] can still be estimated. Exception: 'summary-entities' is
-# ~0 % under the committed news-summary model (see its note).
+# the base model's samples, so it matters and Ẑ = E_a[b] can still be estimated.
 ZOO_TASKS: dict[str, ZooTask] = {
     "amazing": ZooTask(
         "reviews", 'pointwise: word "amazing" (GPT-2)', "pointwise", lambda c: _sc.WordPresence("amazing"), "bos",
@@ -369,15 +369,14 @@ ZOO_TASKS: dict[str, ZooTask] = {
         "news-summary", "conditional: summaries with >= 4 entities all in the source (t5-small, CNN/DM)",
         "conditional", lambda c: _sc.EntityConsistency(c, min_entities=1), "news-summary", 64,
         "b = 1: >= 1 named entity, and every entity found in the article",
-        "min_entities 1 instead of the paper's 4, and still ~0 % under the committed news-summary model (val "
-        "loss 4.17): only ~5 % of the names it writes are in the article. Not trainable until that model is "
-        "retrained; use 'summary-grounded' meanwhile"),
+        "min_entities 1 instead of the paper's 4: the 5.9M-parameter summariser meets it on about 10 % of its "
+        "summaries; 4 entities, all in the source, are rarer still"),
     "summary-grounded": ZooTask(
         "news-summary", "conditional: entity consistency without the entity count (relaxation)", "conditional",
         lambda c: _sc.EntityConsistency(c, min_entities=0), "news-summary", 64,
         "b = 1: every named entity of the summary is found in the article (none at all also counts)",
-        "the paper's constraint without '>= 4 entities': estimable under the committed news-summary model, but "
-        "it can be met by naming nobody, which the paper's count rules out"),
+        "the paper's constraint without '>= 4 entities': it can be met by naming nobody, which the paper's count "
+        "rules out"),
     "compile": ZooTask(
         "code", "conditional: signature + body compiles (GPT-Neo-125M, Python150)", "conditional",
         lambda c: _sc.Compiles(c), "code", 128, "b = 1: prompt + generated body compiles (codeop)"),

@@ -30,15 +30,15 @@ if [[ $MODE == gpu || $MODE == preflight ]]; then
   GEN_BUDGETS=${GEN_BUDGETS:-60,60,35,50}          # reviews, bios, news, summaries (+ ~30 s model load)
   GEN_ARGS="--batch-size ${GEN_BATCH:-2048} --max-new-tokens 160"
   TOK_LIMIT=60
-  # three training processes share the GPU; ladder rungs get the base's budget
-  TRAIN_A="base,reviews,bios,news-summary:${BUDGET_A:-55,20,20,25}"
+  # three training processes share the GPU; ladder rungs get the base's budget; the summariser follows ladder-l
+  TRAIN_A="base,reviews,bios:${BUDGET_A:-55,20,20}"
   TRAIN_B="code,ladder-xs:${BUDGET_B:-55,55}"
-  TRAIN_C="ladder-s,ladder-l:${BUDGET_C:-55,55}"
+  TRAIN_C="ladder-s,ladder-l,news-summary:${BUDGET_C:-55,55,25}"
   TRAIN_ARGS=""
 else
   PY=${PY:-$REPO/.venv/bin/python}; DEVICE=cpu; WORK=${WORK:-$(mktemp -d /tmp/fdpg_smoke.XXXX)}; OUTDIR=$WORK/out
   GEN_BUDGETS=1,1,1,1; GEN_ARGS="--batch-size 2 --max-new-tokens 8 --min-words 2 --keep-unfinished"; TOK_LIMIT=60
-  TRAIN_A="base,reviews,bios,news-summary:30,30,30,30"; TRAIN_B="code,ladder-xs:30,30"; TRAIN_C="ladder-s,ladder-l:30,30"
+  TRAIN_A="base,reviews,bios:30,30,30"; TRAIN_B="code,ladder-xs:30,30"; TRAIN_C="ladder-s,ladder-l,news-summary:30,30,30"
   TRAIN_ARGS="--max-steps 2 --max-len 96 --sample-tokens 8 --batch-size 2"
 fi
 mkdir -p "$WORK" "$OUTDIR"
@@ -107,7 +107,7 @@ ls -la "$WORK/corpora" >>"$LOG"
 # 4. tokenizer
 stage $TOK_LIMIT $PY scripts/train_tokenizer.py --corpora "$WORK/corpora" --out "$WORK/tokenizer"
 
-# 5. models: three processes in parallel (the fine-tunes follow the base inside process A)
+# 5. models: three processes in parallel (each fine-tune follows its init in the same process)
 mkdir -p "$WORK/models"
 pids=()
 for spec in "$TRAIN_A" "$TRAIN_B" "$TRAIN_C"; do

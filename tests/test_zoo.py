@@ -23,8 +23,6 @@ ROOT = zoo.REPO_ROOT
 # rows sampled per unconditional model / (contexts, samples per context) of conditional tasks (see module doc)
 N_BOS = {"reviews": 512, "base": 384, "bios": 128}
 N_CTX = {"news-summary": (24, 4), "code": (24, 2)}
-WEAK = {"summary-entities": "the committed news-summary model copies few names from the article: >= 1 entity, all "
-                            "in the source, holds on 1 of 400 samples (docs/ZOO.md); retrain it, then drop this mark"}
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +50,25 @@ def test_zoo_table_matches_the_committed_models():
 
 @pytest.fixture(scope="module")
 def val_rows(tok):
-    """data kind -> (x (16, L), y (16, L)): the first 16 validation rows exactly as scripts/pretrain_zoo.py's
-    load_split orders and builds them (labels -100 where no loss is taken)."""
+    """(data kind, n) -> (x (16, L), y (16, L)): 16 rows evenly spaced over the first n validation rows (the ones
+    the card's val loss averages) exactly as scripts/pretrain_zoo.py's load_split orders and builds them (labels
+    -100 where no loss is taken). Evenly spaced, because a split's sources come in blocks (e.g. real Lee news first)."""
     pz, cache = load_script("pretrain_zoo"), {}
     first = {"text": "reviews_smollm", "reviews": "reviews_smollm", "bios": "bios_smollm"}  # TEXT starts with reviews
 
-    def get(data):
-        if data not in cache:
+    def get(data, n):
+        if (data, n) not in cache:
             if data == "news-summary":
-                rows, starts = pz._summary_rows(tok, zoo.load_corpus("summaries_smollm", "val")[:16], 512)
+                recs = pz.grounded(zoo.load_corpus("summaries_smollm", "val"))[:n]  # the filter training used
+                recs = recs[:: max(1, len(recs) // 16)][:16]
+                rows, starts = pz._summary_rows(tok, recs, 512)
             else:
-                recs = zoo.load_corpus(first.get(data, "code_stdlib"), "val")[:16]
+                recs = zoo.load_corpus(first.get(data, "code_stdlib"), "val")[:n]
+                recs = recs[:: max(1, len(recs) // 16)][:16]
                 rows, starts = pz._rows(tok, [r["code" if data == "code" else "text"] for r in recs], 384)
             x, y = pz.to_tensors(rows, starts, 2, max(map(len, rows)))
-            cache[data] = (x, y)
-        return cache[data]
+            cache[data, n] = (x, y)
+        return cache[data, n]
 
     return get
 
@@ -86,7 +88,7 @@ def test_zoo_model_loads_offline_fast_and_is_trained(name, val_rows):
     assert (cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (4096, 0, 1, 2)
     # trained, not random: the validation loss on 16 rows is near the card's and far below ln V = 8.3 (random init)
     m = json.loads((zoo.ZOO[name].path / "metrics.json").read_text())
-    x, y = val_rows(m["data"])
+    x, y = val_rows(m["data"], m["val_rows"])
     with torch.no_grad():
         logits = model(input_ids=x[:, :-1]).logits  # (16, L-1, V)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 4096), y[:, 1:].reshape(-1), ignore_index=-100)
@@ -204,8 +206,7 @@ def drawn(tok):
 
 
 BINARY = [n for n, t in zoo.ZOO_TASKS.items() if t.kind == "pointwise"]
-CONDITIONAL = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=WEAK[n])) if n in WEAK else n
-               for n, t in zoo.ZOO_TASKS.items() if t.kind == "conditional"]
+CONDITIONAL = [n for n, t in zoo.ZOO_TASKS.items() if t.kind == "conditional"]
 
 
 @pytest.mark.parametrize("task", BINARY)
@@ -252,7 +253,7 @@ def test_recorded_base_rates_cover_every_task():
     for name, r in rates["tasks"].items():
         t = zoo.ZOO_TASKS[name]
         assert r["model"] == t.model and r["max_new_tokens"] == t.max_new_tokens and r["n"] >= 400, name
-        if t.kind in ("pointwise", "conditional") and name not in WEAK:
+        if t.kind in ("pointwise", "conditional"):
             assert 0.005 < r["mean"] < (0.40 if t.kind == "pointwise" else 0.95), (name, r)
     doc = (ROOT / "docs" / "ZOO.md").read_text()
     for name in zoo.ZOO_TASKS:
