@@ -39,7 +39,7 @@ else
   PY=${PY:-$REPO/.venv/bin/python}; DEVICE=cpu; WORK=${WORK:-$(mktemp -d /tmp/fdpg_smoke.XXXX)}; OUTDIR=$WORK/out
   GEN_BUDGETS=1,1,1,1; GEN_ARGS="--batch-size 2 --max-new-tokens 8 --min-words 2 --keep-unfinished"; TOK_LIMIT=60
   TRAIN_A="base,reviews,bios:30,30,30"; TRAIN_B="code,ladder-xs:30,30"; TRAIN_C="ladder-s,ladder-l,news-summary:30,30,30"
-  TRAIN_ARGS="--max-steps 2 --max-len 96 --sample-tokens 8 --batch-size 2"
+  TRAIN_ARGS="--max-steps 2 --max-len 96 --sample-tokens 8 --batch-size 2 --eval-rows 16"
 fi
 mkdir -p "$WORK" "$OUTDIR"
 LOG=$OUTDIR/logs.txt

@@ -388,6 +388,7 @@ def main(argv=None):
     ap.add_argument("--max-len", type=int, default=None, help="tokens per row; default 384 (512 news-summary)")
     ap.add_argument("--max-steps", type=int, default=None, help="fixed step count (smoke runs) instead of budget")
     ap.add_argument("--sample-tokens", type=int, default=120)
+    ap.add_argument("--eval-rows", type=int, default=None, help="validation rows; default 1024 on CUDA, 256 on CPU")
     ap.add_argument("--summarise", action="store_true", help="only write zoo.json from the trained models")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
@@ -414,7 +415,7 @@ def main(argv=None):
         T = args.max_len or (512 if ZOO[name]["data"] == "news-summary" else 384)
         try:
             model, metrics = train_one(name, tok, Path(args.corpora), out_root, b, device, bs, T, args.max_steps,
-                                       eval_rows=1024 if device.startswith("cuda") else 256)
+                                       eval_rows=args.eval_rows or (1024 if device.startswith("cuda") else 256))
             samples = samples_for(name, model, tok, Path(args.corpora), device, max_new=args.sample_tokens)
             save(model, tok, metrics, samples, out_root / name)
         except Exception as e:  # one model's failure must not cost the others (one-shot GPU builds)
