@@ -153,7 +153,7 @@ def _batches(lens, B, sortish, seed):
             continue
         perm = torch.randperm(N, generator=g)
         chunks = [c[torch.argsort(lens[c].cpu(), stable=True)] for c in perm.split(50 * B)]
-        batches = [b for c in chunks for b in c.split(B) if len(b) == B]
+        batches = [b for c in chunks for b in c.split(B)]  # a chunk's last batch may be short (and N < B works)
         for i in torch.randperm(len(batches), generator=g).tolist():
             yield batches[i]
 
