@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(REPO))  # fdpg_core without an install (the GPU build runs from a bare checkout)
 from make_corpora import read_corpus  # noqa: E402
 
 TEXT = ["reviews_smollm", "bios_smollm", "news_smollm", "news_lee"]
@@ -100,7 +101,6 @@ def grounded(recs):
     restriction."""
     if not recs:
         return recs
-    sys.path.insert(0, str(REPO))
     from fdpg_core.scorers import EntityConsistency
 
     arts = [r["article"] for r in recs]
@@ -152,7 +152,7 @@ def _batches(lens, B, sortish, seed):
             yield torch.randint(N, (B,), generator=g)
             continue
         perm = torch.randperm(N, generator=g)
-        chunks = [c[torch.argsort(lens[c].cpu(), stable=True)] for c in perm.split(50 * B)]
+        chunks = [c[torch.argsort(lens[c], stable=True)] for c in perm.split(50 * B)]
         batches = [b for c in chunks for b in c.split(B)]  # a chunk's last batch may be short (and N < B works)
         for i in torch.randperm(len(batches), generator=g).tolist():
             yield batches[i]
@@ -207,7 +207,8 @@ def train_one(name, tok, corpora, out_root, budget_s, device, batch_size, T, max
         vrows, vstarts = rows[: max(1, len(rows) // 10)], starts[: max(1, len(rows) // 10)]
     x, y = to_tensors(rows, starts, tok.pad_token_id, T)
     vx, vy = to_tensors(vrows[:eval_rows], vstarts[:eval_rows], tok.pad_token_id, T)
-    L = int((x != tok.pad_token_id).sum(1).max())  # drop all-pad columns
+    lens = (x != tok.pad_token_id).sum(1)  # (N,) real tokens per row (right padding); stays on the CPU
+    L = int(lens.max())  # drop all-pad columns
     x, y, vx, vy = x[:, :L], y[:, :L], vx[:, :L], vy[:, :L]
     x, y = x.to(device), y.to(device)
     model = make_model(spec, tok, out_root).to(device).train()
@@ -217,7 +218,6 @@ def train_one(name, tok, corpora, out_root, budget_s, device, batch_size, T, max
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=spec["lr"], betas=(0.9, 0.95), **({"fused": True} if amp else {}))
     warm = 100
-    lens = (x != tok.pad_token_id).sum(1)  # (N,) real tokens per row (right padding)
     batches = _batches(lens, batch_size, sortish=not amp, seed=0)
     total = max_steps or 10 ** 9  # re-estimated after timing
     tokens = torch.zeros((), dtype=torch.long, device=device)
@@ -239,8 +239,9 @@ def train_one(name, tok, corpora, out_root, budget_s, device, batch_size, T, max
             spec["lr"] * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
         for grp in opt.param_groups:
             grp["lr"] = lr
-        idx = next(batches).to(device)  # (B,)
-        Lb = int(lens[idx].max())  # drop the batch's all-pad columns (exact: padding is on the right)
+        idx = next(batches)  # (B,) on the CPU
+        Lb = int(lens[idx].max())  # drop the batch's all-pad columns (exact: padding is on the right); no GPU sync
+        idx = idx.to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             s, c = lm_loss(model, x[idx, :Lb], y[idx, :Lb])
         loss = s / c.clamp(min=1)
