@@ -2,6 +2,8 @@
 
     run_notebook(path, output_path, parameters)  papermill with the kit's kernel environment
     parameters_cell(nb)                            the cell tagged `parameters` and its {name: (value, comment)}
+    parameters(namespace, name)                    a notebook's parameters, checked and parsed (its first cell)
+    preset_values(name, preset)                    the parameters a preset runs with (defaults + params/*.yaml)
     clear_outputs(nb)                              outputs cleared, except cells marked `# NBVAL_CHECK_OUTPUT`
     copy_checked_outputs(nb, executed)             take those marked cells' outputs from an executed copy
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +28,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
-           "parameters_cell", "clear_outputs", "copy_checked_outputs"]
+           "parameters_cell", "parameter_types", "parameters", "preset_values", "clear_outputs", "copy_checked_outputs"]
 
 
 def kernel_env(base: dict | None = None) -> dict:
@@ -76,33 +80,202 @@ def _source(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-def parameters_cell(nb) -> tuple[dict, dict]:
-    """(cell, {name: (value, comment)}) of the code cell tagged `parameters`.
+def _parse_line(line: str):
+    """(name, annotation or None, value, comment) of `name[: type] = <literal>  # comment`, else None."""
+    code, sep, comment = line.partition("  #")
+    try:
+        node = ast.parse(code.strip()).body
+    except SyntaxError:
+        return None
+    if not (sep and comment.strip() and len(node) == 1):
+        return None
+    node = node[0]
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        target, ann = node.targets[0], None
+    elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        target = node.target
+        ann = node.annotation.value if isinstance(node.annotation, ast.Constant) else ast.unparse(node.annotation)
+    else:
+        return None
+    try:
+        value = ast.literal_eval(node.value)
+    except ValueError:
+        return None
+    return target.id, ann, value, comment.strip()
 
-    Each line must be `name = <python literal>  # comment` (blank lines and whole-line comments allowed);
-    anything else raises ValueError naming the line.
-    """
+
+def _parameter_lines(nb):
     cells = [c for c in nb["cells"]
              if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"expected exactly one code cell tagged 'parameters', found {len(cells)}")
-    params = {}
+    out = []
     for i, line in enumerate(_source(cells[0]).splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
-        code, sep, comment = line.partition("  #")
+        parsed = _parse_line(line)
+        if parsed is None:
+            raise ValueError(f"parameters line {i} {line!r}: expected `name: type = <literal>  # meaning (legal "
+                             "values)` (the `: type` may be left out)")
+        out.append(parsed)
+    return cells[0], out
+
+
+def parameters_cell(nb) -> tuple[dict, dict]:
+    """(cell, {name: (value, comment)}) of the code cell tagged `parameters`.
+
+    Each line must be `name: type = <python literal>  # comment` or `name = <python literal>  # comment` (blank
+    lines and whole-line comments allowed); anything else raises ValueError naming the line.
+    """
+    cell, lines = _parameter_lines(nb)
+    return cell, {name: (value, comment) for name, _, value, comment in lines}
+
+
+def parameter_types(nb) -> dict:
+    """{name: type annotation string} of the parameters cell ('int', 'list[str]', 'Optional[float]', ...); a
+    parameter without an annotation gets the type of its default (None when the default is None)."""
+    _, lines = _parameter_lines(nb)
+    return {name: ann if ann is not None else _type_of(value) for name, ann, value, _ in lines}
+
+
+def _type_of(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        kinds = {type(v).__name__ for v in value}
+        return f"list[{kinds.pop()}]" if len(kinds) == 1 else "list"
+    return type(value).__name__
+
+
+_SCALARS = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _conforms(value, ann: str | None) -> bool:
+    """Does `value` have the declared type? ann: int, float, str, bool, list, list[T], Optional[T], None (any)."""
+    if ann is None:
+        return True
+    m = re.fullmatch(r"Optional\[(.+)\]", ann)
+    if m:
+        return value is None or _conforms(value, m.group(1))
+    m = re.fullmatch(r"list(?:\[(.+)\])?", ann)
+    if m:
+        return isinstance(value, list) and all(_conforms(v, m.group(1)) for v in value)
+    if ann not in _SCALARS:
+        raise ValueError(f"parameter type {ann!r} is not supported; allowed: int, float, str, bool, list[T], "
+                         "Optional[T]")
+    if isinstance(value, bool) and ann != "bool":  # True is an int to Python, not to a reader
+        return False
+    return isinstance(value, _SCALARS[ann])
+
+
+def _coerce(value, ann: str | None):
+    """A string given for a non-string parameter is read as YAML (papermill's `-p divergences '[js]'`); a scalar
+    given for a list parameter becomes a one-element list (`-p divergences js`); an int for a float is a float."""
+    import yaml
+
+    core = re.fullmatch(r"Optional\[(.+)\]", ann or "")
+    core = core.group(1) if core else ann
+    if isinstance(value, str) and core not in ("str", None):
         try:
-            node = ast.parse(code.strip()).body
-            ok = sep and comment.strip() and len(node) == 1 and isinstance(node[0], ast.Assign) \
-                and len(node[0].targets) == 1 and isinstance(node[0].targets[0], ast.Name)
-            value = ast.literal_eval(node[0].value) if ok else None
-        except (SyntaxError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"parameters line {i} {line!r}: expected `name = <literal>  # meaning (legal values)`")
-        params[node[0].targets[0].id] = (value, comment.strip())
-    return cells[0], params
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot read {value!r} as YAML: {e}") from None
+    if core and core.startswith("list") and value is not None and not isinstance(value, list):
+        value = [value]
+    if core == "float":
+        value = _as_float(value)
+    if core == "list[float]" and isinstance(value, list):
+        value = [_as_float(v) for v in value]
+    return value
+
+
+def _as_float(v):
+    """1 → 1.0 and '1e-3' → 0.001 (YAML 1.1 reads an exponent without a dot as a string); anything else as is."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _injected_names(namespace: dict) -> list[str]:
+    """Names assigned by papermill's injected-parameters cell (the last input starting '# Parameters'), if any."""
+    for src in reversed(list(namespace.get("In") or [])):
+        if isinstance(src, str) and src.lstrip().startswith("# Parameters"):
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                return []
+            return [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    return []
+
+
+def parameters(namespace: dict, name: str) -> dict:
+    """Check and parse the parameters of notebooks/<name>.ipynb as they stand in `namespace` (the notebook's
+    `globals()`); returns {parameter: value} in the order of the parameters cell and writes parsed values back.
+
+    - a name injected by papermill that the parameters cell does not declare (a misspelling) is an error that
+      names it, the closest declared names and all the allowed ones;
+    - a string given for a list, number or bool parameter is read as YAML (`-p divergences '[js]'`), and a single
+      value for a list parameter becomes a one-element list (`-p divergences js`);
+    - a value of the wrong type is an error naming the parameter, the value and the declared type.
+    Call it first, before anything is computed or written.
+    """
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not path.exists():
+        raise ValueError(f"parameters: no notebook {name!r}; allowed: {[p.stem for p in list_notebooks()]}")
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    types = parameter_types(nb)
+    unknown = [n for n in _injected_names(namespace) if n not in types]
+    if unknown:
+        hints = "; ".join(f"{n!r}: did you mean {difflib.get_close_matches(n, types, 2, 0.6)}?" for n in unknown)
+        raise ValueError(f"{name}: unknown parameter(s) {unknown} ({hints}); allowed: {sorted(types)}")
+    out, bad = {}, []
+    for n, ann in types.items():
+        if n not in namespace:
+            raise ValueError(f"{name}: parameter {n!r} is not defined: run the parameters cell first")
+        try:
+            v = _coerce(namespace[n], ann)
+        except ValueError as e:
+            bad.append(f"{n}={namespace[n]!r}: {e}")
+            continue
+        if not _conforms(v, ann):
+            bad.append(f"{n}={namespace[n]!r} is not {ann}")
+            continue
+        out[n] = namespace[n] = v
+    if bad:
+        raise ValueError(f"{name}: bad parameter value(s): " + "; ".join(bad))
+    return out
+
+
+def preset_values(name: str, preset: str, overrides: dict | None = None) -> dict:
+    """The parameters notebooks/<name>.ipynb runs with at `preset`: its defaults for 'smoke', else the defaults
+    updated with notebooks/params/<name>.<preset>.yaml, then with `overrides`; checked by `parameters` (an unknown
+    name or a bad value is an error naming the preset)."""
+    import nbformat
+    import yaml
+
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    values = {k: v for k, (v, _) in parameters_cell(nb)[1].items()}
+    given = {"preset": preset}
+    if preset != "smoke":
+        path = NOTEBOOK_DIR / "params" / f"{name}.{preset}.yaml"
+        if not path.exists():
+            found = sorted(p.name.split(".")[-2] for p in path.parent.glob(f"{name}.*.yaml"))
+            raise ValueError(f"{name}: no preset file {path.name}; allowed presets: {['smoke'] + found}")
+        given = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), **given}
+    given = {**given, **(overrides or {})}
+    namespace = {**values, **given, "In": ["# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in given.items())]}
+    try:
+        return parameters(namespace, name)
+    except ValueError as e:
+        raise ValueError(f"preset {preset!r} of {name}: {e}") from None
 
 
 def clear_outputs(nb, *, keep_checked: bool = True):

@@ -2,9 +2,17 @@
 
 One JSON per (setting, divergence, seed) run, written by `save_run`:
 
-    {"version": 1, "experiment": "toy_exact", "preset": "cpu", "setting": "well", "divergence": "js", "seed": 0,
-     "config": {...FDPGConfig.to_dict() + notebook keys...}, "history": [train() records], "final": {metric: float},
-     "arrays": {name: list}}
+    {"version": 1, "experiment": "toy_exact", "preset": "cpu", "fingerprint": "3f2a9c0b7d41", "params": {...},
+     "setting": "well", "divergence": "js", "seed": 0, "config": {...FDPGConfig.to_dict() + notebook keys...},
+     "history": [train() records], "final": {metric: float}, "arrays": {name: list}}
+
+The fingerprint is a hash of every notebook parameter that changes a run's numbers (`fingerprint`): the
+parameters that only say where files go or how things are shown (out_dir, fig_dir, preset, rerun, torch_threads,
+device, smooth) and the sweep lists that name which runs to make (divergences, seeds, tasks, ...) are left out,
+since a run's own setting, divergence and seed are stored beside it. So a folder can hold the runs of several
+experiments and parameter sets without mixing them: `load_runs(dir, experiment=..., fingerprint=...)` returns only
+the matching runs (and says how many it skipped), and `find_run` lets a notebook reuse a run instead of
+training it again.
 
 Figures and tables are rebuilt from these files only: `load_runs` → `history_frame` (one row per history
 record, with `samples_seen`) / `final_frame` (one row per run) → `plot_curves`, `mean_std`, `write_table`.
@@ -17,17 +25,20 @@ Nothing here changes global matplotlib state (no rcParams).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 __all__ = ["DIVERGENCE_COLORS", "REPO_ROOT", "divergence_color", "divergence_label", "sort_divergences",
-           "output_dirs", "run_filename", "save_run", "load_runs", "history_frame", "final_frame", "mean_std",
+           "output_dirs", "PRESENTATION_PARAMS", "fingerprint", "run_filename", "save_run", "load_runs",
+           "find_run", "history_frame", "final_frame", "mean_std",
            "format_mean_std", "plot_curves", "save_figure", "write_table", "to_markdown"]
 
 VERSION = 1
@@ -97,9 +108,37 @@ def output_dirs(out_dir, fig_dir, experiment: str) -> tuple[Path, Path]:
     return dirs[0], dirs[1]
 
 
-def run_filename(divergence: str, seed: int, setting: str | None = None) -> str:
-    """'<setting>__<divergence>__seed<k>.json' with the divergence made file-safe ('alpha=0.25' → 'alpha0.25')."""
-    parts = ([setting] if setting else []) + [re.sub(r"[^A-Za-z0-9_.+-]", "", str(divergence)), f"seed{int(seed)}"]
+# notebook parameters that never change a run's numbers: where files go and how results are shown
+PRESENTATION_PARAMS = frozenset({"out_dir", "fig_dir", "preset", "rerun", "torch_threads", "device", "smooth"})
+
+
+def fingerprint(params: dict, *, sweep=()) -> str:
+    """12 hex digits identifying the parameters that change a run's numbers: `params` (a notebook's parameters)
+    without PRESENTATION_PARAMS and without the `sweep` names (the lists that say which runs to make, e.g.
+    divergences, seed, n_seeds, tasks), hashed from canonical JSON (sorted keys, 7 significant digits per float,
+    as stored; 1 and 1.0 hash alike)."""
+    unknown = sorted(set(sweep) - set(params))
+    if unknown:
+        raise ValueError(f"fingerprint: sweep names {unknown} are not parameters; allowed: {sorted(params)}")
+    kept = {k: v for k, v in params.items() if k not in PRESENTATION_PARAMS and k not in set(sweep)}
+
+    def canon(x):
+        x = _clean(x)
+        if isinstance(x, float) and x.is_integer():
+            return int(x)
+        return [canon(v) for v in x] if isinstance(x, list) else \
+            {k: canon(v) for k, v in x.items()} if isinstance(x, dict) else x
+    text = json.dumps(canon(kept), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_filename(divergence: str, seed: int, setting: str | None = None, *, experiment: str | None = None,
+                 fingerprint: str | None = None) -> str:
+    """'<experiment>__<setting>__<divergence>__seed<k>__<fingerprint>.json' (each part only when given), with the
+    divergence made file-safe ('alpha=0.25' → 'alpha0.25')."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "", str(divergence))
+    parts = ([experiment] if experiment else []) + ([setting] if setting else []) + [safe, f"seed{int(seed)}"]
+    parts += [fingerprint] if fingerprint else []
     return "__".join(parts) + ".json"
 
 
@@ -123,15 +162,17 @@ def _clean(x):
 
 
 def save_run(out_dir, *, experiment: str, divergence: str, seed: int, config: dict, history: list[dict],
-             final: dict, setting: str | None = None, preset: str | None = None,
-             arrays: dict | None = None) -> Path:
-    """Write one run's JSON (atomically) and return its path. `config` must hold 'batch_size'."""
+             final: dict, setting: str | None = None, preset: str | None = None, fingerprint: str | None = None,
+             params: dict | None = None, arrays: dict | None = None) -> Path:
+    """Write one run's JSON (atomically) and return its path. `config` must hold 'batch_size'. `fingerprint`
+    (of the notebook's `params`, see `fingerprint`) is part of the file name, so runs made with other parameters
+    sit beside this one instead of being overwritten."""
     if "batch_size" not in config:
         raise ValueError(f"save_run: config needs 'batch_size' (for samples_seen); got keys {sorted(config)}")
-    rec = {"version": VERSION, "experiment": experiment, "preset": preset, "setting": setting,
-           "divergence": str(divergence), "seed": int(seed), "config": config, "history": history,
-           "final": final, "arrays": arrays or {}}
-    path = Path(out_dir) / run_filename(divergence, seed, setting)
+    rec = {"version": VERSION, "experiment": experiment, "preset": preset, "fingerprint": fingerprint,
+           "params": params or {}, "setting": setting, "divergence": str(divergence), "seed": int(seed),
+           "config": config, "history": history, "final": final, "arrays": arrays or {}}
+    path = Path(out_dir) / run_filename(divergence, seed, setting, experiment=experiment, fingerprint=fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_clean(rec), allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -139,12 +180,70 @@ def save_run(out_dir, *, experiment: str, divergence: str, seed: int, config: di
     return path
 
 
-def load_runs(results_dir) -> list[dict]:
-    """Every run JSON under `results_dir` (sorted by file name). ValueError if there is none."""
+_RUN_KEYS = ("experiment", "setting", "divergence", "seed", "config", "history", "final")
+
+
+def _read_run(path: Path) -> dict | None:
+    """The run in `path`, or None (with a warning naming the file) if it is not a readable run JSON."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warnings.warn(f"results: skipped {path}: not a readable JSON file ({e})", stacklevel=3)
+        return None
+    missing = [k for k in _RUN_KEYS if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        warnings.warn(f"results: skipped {path}: not a run file (missing {missing})", stacklevel=3)
+        return None
+    return rec
+
+
+def load_runs(results_dir, *, experiment: str | None = None, fingerprint: str | None = None, keys=None,
+              verbose: bool = True) -> list[dict]:
+    """The run JSONs under `results_dir` (sorted by file name) of `experiment` made with `fingerprint` (each filter
+    only when given), and, when `keys` is given, only those whose (setting, divergence, seed) is in it.
+
+    A file that is not a readable run is skipped with a warning naming it. With a filter and `verbose`, prints how
+    many runs were used and how many skipped (other experiment, other parameters, not asked for). ValueError if no
+    run is left.
+    """
     paths = sorted(Path(results_dir).glob("*.json"))
-    if not paths:
-        raise ValueError(f"load_runs: no result JSON in {str(results_dir)!r}")
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    runs, skipped = [], {"other experiment": 0, "other parameters": 0, "not asked for": 0, "unreadable": 0}
+    keys = None if keys is None else {(s, str(d), int(k)) for s, d, k in keys}
+    for p in paths:
+        r = _read_run(p)
+        why = "unreadable" if r is None else \
+            "other experiment" if experiment is not None and r["experiment"] != experiment else \
+            "other parameters" if fingerprint is not None and r.get("fingerprint") != fingerprint else \
+            "not asked for" if keys is not None and (r["setting"], r["divergence"], r["seed"]) not in keys else None
+        if why:
+            skipped[why] += 1
+        else:
+            runs.append(r)
+    filtered = experiment is not None or fingerprint is not None or keys is not None
+    if verbose and filtered:
+        why = ", ".join(f"{n} {k}" for k, n in skipped.items() if n)
+        print(f"results: {len(runs)} run(s) of {experiment or 'any experiment'}"
+              f"{f' with parameters {fingerprint}' if fingerprint else ''} from {results_dir}"
+              f"; skipped {sum(skipped.values())}{f' ({why})' if why else ''}")
+    if not runs:
+        what = f" of {experiment!r}" if experiment else ""
+        what += f" with fingerprint {fingerprint!r}" if fingerprint else ""
+        raise ValueError(f"load_runs: no result JSON{what} in {str(results_dir)!r}"
+                         + (f" (skipped {sum(skipped.values())} other files)" if any(skipped.values()) else ""))
+    return runs
+
+
+def find_run(results_dir, *, experiment: str, fingerprint: str, setting: str | None, divergence: str,
+             seed: int) -> Path | None:
+    """The path of the saved run of (setting, divergence, seed) made by `experiment` with `fingerprint`, if a
+    readable one is in `results_dir` (its file name is checked first, then its contents), else None."""
+    path = Path(results_dir) / run_filename(divergence, seed, setting, experiment=experiment, fingerprint=fingerprint)
+    if not path.exists():
+        return None
+    r = _read_run(path)
+    ok = r is not None and (r["experiment"], r.get("fingerprint"), r["setting"], r["divergence"], r["seed"]) == \
+        (experiment, fingerprint, setting, str(divergence), int(seed))
+    return path if ok else None
 
 
 def history_frame(runs: list[dict]) -> pd.DataFrame:

@@ -3,12 +3,15 @@
 
     python scripts/run_notebooks.py --preset smoke            # every notebook at its defaults, into a temp dir
     python scripts/run_notebooks.py --preset cpu --only 00    # notebooks/params/00_*.cpu.yaml: committed results
-    python scripts/run_notebooks.py --preset smoke --only 00 --update-checks
+    python scripts/run_notebooks.py --preset cpu --only 03 --set lr=1e-4 "divergences=[js, kl]"  # overrides
 
 smoke: the notebook's own defaults (the parameters cell), with out_dir / fig_dir redirected into a temp dir
 (or --work-dir), so the committed results and figures are never touched.
 cpu / paper: the parameters of notebooks/params/<notebook>.<preset>.yaml (as `papermill -f`); their out_dir is
-data/results/<experiment>/<preset> and fig_dir figures/<experiment>/ (relative to the repo root).
+data/results/<experiment>/<preset> and fig_dir figures/<experiment>/ (relative to the repo root). A run already
+saved there with the same parameters is reused, not retrained (add `--set rerun=true` to train it again).
+--set name=value (repeatable) overrides one parameter; the value is read as YAML, like papermill's `-p`.
+Parameters are checked before anything runs: an unknown name or a bad value stops with a message.
 Executed notebooks (with outputs) go to the work dir, never next to the committed ones.
 --update-checks (smoke only): copy the outputs of the `# NBVAL_CHECK_OUTPUT` cells of the executed notebook back
 into the committed notebook (every other output stays cleared): the reference `make nbval` compares against.
@@ -28,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry poi
 import nbformat  # noqa: E402
 import yaml  # noqa: E402
 
-from fdpg_core.notebook import NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, run_notebook  # noqa: E402
+from fdpg_core.notebook import (NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, preset_values,  # noqa: E402
+                                run_notebook)
 
 PRESETS = ("smoke", "cpu", "paper")
 
@@ -46,6 +50,17 @@ def preset_parameters(nb: Path, preset: str, work: Path) -> dict:
     return {**params, "preset": preset}
 
 
+def parse_sets(items) -> dict:
+    """['lr=1e-4', 'divergences=[js]'] -> {'lr': 0.0001, 'divergences': ['js']} (values read as YAML)."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set {item!r}; allowed: name=value, e.g. --set lr=1e-4 or --set 'divergences=[js, kl]'")
+        out[name.strip()] = yaml.safe_load(value) if value.strip() else value
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=PRESETS, default="smoke")
@@ -53,15 +68,23 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", type=Path, help="where executed notebooks (and smoke results) go; default: temp dir")
     ap.add_argument("--update-checks", action="store_true",
                     help="smoke only: store the NBVAL_CHECK_OUTPUT cells' outputs in the committed notebooks")
+    ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="override one parameter (repeatable)")
     ap.add_argument("--log-output", action="store_true", help="stream cell outputs to the terminal")
     args = ap.parse_args(argv)
     if args.update_checks and args.preset != "smoke":
         ap.error("--update-checks needs --preset smoke (nbval runs the notebooks at their defaults)")
+    try:
+        sets = parse_sets(args.set)
+        notebooks = list_notebooks(args.only)
+        for nb in notebooks:  # every preset file and override checked before anything runs
+            preset_values(nb.stem, args.preset, sets)
+    except ValueError as e:
+        ap.error(str(e))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fdpg_notebooks_{args.preset}_"))
     work.mkdir(parents=True, exist_ok=True)
     failed, t_all = [], time.perf_counter()
-    for nb in list_notebooks(args.only):
-        params = preset_parameters(nb, args.preset, work)
+    for nb in notebooks:
+        params = {**preset_parameters(nb, args.preset, work), **sets}
         out = work / f"{nb.stem}.{args.preset}.ipynb"
         t0 = time.perf_counter()
         try:

@@ -29,19 +29,20 @@ def _write(tmp_path, B=8):
 
 def test_save_load_round_trip_and_file_names(tmp_path):
     _write(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir())[:2] == ["s__js__seed0.json", "s__js__seed1.json"]
+    assert sorted(p.name for p in tmp_path.iterdir())[:2] == ["toy__s__js__seed0.json", "toy__s__js__seed1.json"]
     runs = results.load_runs(tmp_path)
     assert len(runs) == 6 and not list(tmp_path.glob("*.tmp"))
     r = runs[0]
     assert (r["experiment"], r["setting"], r["divergence"], r["seed"], r["preset"]) == ("toy", "s", "js", 0, "smoke")
     assert r["final"] == {"exact/kl": 2.0, "inf": None}  # non-finite -> null (strict JSON)
     assert r["arrays"]["pi"] == [0.5, 0.5] and r["history"][-1] == {"step": 3, "exact/kl": 0.5}
-    json.loads((tmp_path / "s__kl__seed2.json").read_text())  # plain, strict JSON
+    json.loads((tmp_path / "toy__s__kl__seed2.json").read_text())  # plain, strict JSON
     path = results.save_run(tmp_path, experiment="toy", divergence="kl", seed=9, config={"batch_size": 1},
                             history=[], final={"x": 1 / 3, "n": 12345678901})
     assert json.loads(path.read_text())["final"] == {"x": 0.3333333, "n": 12345678901}  # 7 significant digits
     path.unlink()
     assert results.run_filename(alpha_divergence(0.25).name, 3) == "alpha0.25__seed3.json"
+    assert results.run_filename("js", 1, "s", experiment="toy", fingerprint="abc") == "toy__s__js__seed1__abc.json"
 
 
 def test_bad_input_raises(tmp_path):
@@ -121,3 +122,72 @@ def test_tables_and_output_dirs(tmp_path, monkeypatch):
     assert out == tmp_path / "data/results/x/cpu" and out.is_dir()
     assert fig.is_dir() and fig.name.startswith("fdpg_x_figures_")
     fig.rmdir()
+
+
+# ------------------------------------------------------------------------ fingerprints: runs that cannot mix
+PARAMS = {"seed": 0, "n_seeds": 3, "divergences": ["kl", "js"], "lr": 1e-4, "n_steps": 10, "betas": [0.1],
+          "out_dir": "a", "fig_dir": "b", "preset": "cpu", "rerun": False, "torch_threads": 1, "device": "cpu",
+          "smooth": 4}
+SWEEP = ["seed", "n_seeds", "divergences", "betas"]
+
+
+def test_fingerprint_covers_what_changes_the_numbers_only():
+    fp = results.fingerprint(PARAMS, sweep=SWEEP)
+    assert len(fp) == 12 and int(fp, 16) >= 0
+    same = {"out_dir": "elsewhere", "fig_dir": None, "preset": "smoke", "rerun": True, "torch_threads": 2,
+            "device": "cuda", "smooth": 1, "divergences": ["rkl"], "seed": 7, "n_seeds": 1, "betas": [1.0]}
+    for k, v in same.items():  # where files go, how they are shown, and which runs to make: same fingerprint
+        assert results.fingerprint({**PARAMS, k: v}, sweep=SWEEP) == fp, k
+    assert results.fingerprint({**PARAMS, "n_steps": 10.0}, sweep=SWEEP) == fp  # 10 and 10.0 are one value
+    for k, v in {"lr": 2e-4, "n_steps": 11}.items():
+        assert results.fingerprint({**PARAMS, k: v}, sweep=SWEEP) != fp, k
+    assert results.fingerprint({**PARAMS, "new_knob": 1}, sweep=SWEEP) != fp  # unknown names count: conservative
+    with pytest.raises(ValueError, match=r"sweep names \['sizes'\] are not parameters"):
+        results.fingerprint(PARAMS, sweep=["sizes"])
+
+
+def _save(d, experiment, setting, div, seed, fp, value=1.0):
+    return results.save_run(d, experiment=experiment, divergence=div, seed=seed, setting=setting, preset="cpu",
+                            fingerprint=fp, params={"lr": value}, config={"batch_size": 4}, history=[],
+                            final={"x": value})
+
+
+def test_runs_of_other_experiments_and_parameters_do_not_mix(tmp_path, capsys):
+    _save(tmp_path, "toy_exact", "well", "kl", 0, "aaa", 1.0)
+    _save(tmp_path, "well_specified", "well", "kl", 0, "bbb", 2.0)  # same setting, divergence and seed: no clash
+    _save(tmp_path, "toy_exact", "well", "kl", 0, "ccc", 3.0)  # the same run made with other parameters
+    _save(tmp_path, "toy_exact", "well", "js", 0, "aaa", 4.0)
+    assert len(list(tmp_path.glob("*.json"))) == 4
+    runs = results.load_runs(tmp_path, experiment="toy_exact", fingerprint="aaa")
+    assert sorted(r["final"]["x"] for r in runs) == [1.0, 4.0]
+    assert "2 run(s) of toy_exact with parameters aaa" in capsys.readouterr().out
+    runs = results.load_runs(tmp_path, experiment="toy_exact", fingerprint="aaa", keys=[("well", "js", 0)])
+    assert [r["final"]["x"] for r in runs] == [4.0]
+    out = capsys.readouterr().out
+    assert "skipped 3 (1 other experiment, 1 other parameters, 1 not asked for)" in out
+    assert [r["final"]["x"] for r in results.load_runs(tmp_path, experiment="well_specified")] == [2.0]
+    with pytest.raises(ValueError, match="no result JSON of 'code'.*skipped 4"):
+        results.load_runs(tmp_path, experiment="code")
+    assert len(results.load_runs(tmp_path)) == 4  # no filter: every run, as before
+
+
+def test_corrupt_or_foreign_json_is_skipped_with_a_warning_naming_it(tmp_path):
+    _save(tmp_path, "toy_exact", "well", "kl", 0, "aaa")
+    (tmp_path / "torn.json").write_text('{"experiment": "toy_ex')
+    (tmp_path / "other.json").write_text('{"name": "a config of something else"}')
+    with pytest.warns(UserWarning) as rec:
+        runs = results.load_runs(tmp_path, experiment="toy_exact", verbose=False)
+    assert len(runs) == 1
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "torn.json: not a readable JSON file" in msgs and "other.json: not a run file" in msgs
+
+
+def test_find_run_reuses_only_the_same_experiment_parameters_and_run(tmp_path):
+    path = _save(tmp_path, "toy_exact", "well", "kl", 0, "aaa")
+    kw = dict(experiment="toy_exact", fingerprint="aaa", setting="well", divergence="kl", seed=0)
+    assert results.find_run(tmp_path, **kw) == path
+    for k, v in {"fingerprint": "bbb", "experiment": "code", "seed": 1, "divergence": "js", "setting": "x"}.items():
+        assert results.find_run(tmp_path, **{**kw, k: v}) is None, k
+    path.write_text(path.read_text()[:40])  # torn by a crash: not reused, retrained
+    with pytest.warns(UserWarning, match="not a readable JSON"):
+        assert results.find_run(tmp_path, **kw) is None
