@@ -319,11 +319,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             cfg_dict = yaml.safe_load(fh) or {}  # JSON is YAML
     cfg_dict.update(_parse_sets(args.set))
     cfg_dict.setdefault("progress", False)
-    cfg = FDPGConfig.from_dict(cfg_dict)
     kwargs = json.loads(args.problem_kwargs)
     if not isinstance(kwargs, dict):
         raise ValueError(f"--problem-kwargs {args.problem_kwargs!r}; allowed: a JSON object")
     built = _load_callable(args.problem)(**kwargs)
+    for key in ("max_new_tokens", "eos_token_id", "pad_token_id"):  # the problem's own lengths and ids, unless set
+        value = built.get(key) if isinstance(built, dict) else getattr(built, key, None)
+        if value is not None:
+            cfg_dict.setdefault(key, value)
+    cfg = FDPGConfig.from_dict(cfg_dict)
     parts = built if isinstance(built, dict) else {k: getattr(built, k) for k in ("policy", "target", "prompts",
                                                                                  "tokenizer") if hasattr(built, k)}
     missing = [k for k in ("policy", "target", "prompts") if k not in parts]

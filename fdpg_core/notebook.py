@@ -11,8 +11,9 @@ The kernel is the venv's `python3` kernelspec: jupyter_client launches it with t
 sys.executable, so run these from the venv's python. The kernel inherits HF_HUB_OFFLINE=1,
 TOKENIZERS_PARALLELISM=false and PYTHONPATH=<repo root> (so `import fdpg_core` works from any cwd).
 
-Committed notebooks keep outputs only in the cells marked `# NBVAL_CHECK_OUTPUT` (the rounded final
-summary): those outputs are what `pytest --nbval-lax` compares a fresh run against.
+Committed notebooks keep outputs only in the cells marked `# NBVAL_CHECK_OUTPUT`: those outputs are what
+`pytest --nbval-lax` compares a fresh run against, digit for digit, so only a cell whose output is exact (an
+enumeration, the same on every CPU and at every preset) carries the mark.
 """
 from __future__ import annotations
 
