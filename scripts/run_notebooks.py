@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", type=Path, help="where executed notebooks (and smoke results) go; default: temp dir")
     ap.add_argument("--update-checks", action="store_true",
                     help="smoke only: store the NBVAL_CHECK_OUTPUT cells' outputs in the committed notebooks")
-    ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="override one parameter (repeatable)")
+    ap.add_argument("--set", action="extend", nargs="+", metavar="NAME=VALUE",
+                    help="override parameters, e.g. --set lr=1e-4 'divergences=[js, kl]' (values read as YAML)")
     ap.add_argument("--log-output", action="store_true", help="stream cell outputs to the terminal")
     args = ap.parse_args(argv)
     if args.update_checks and args.preset != "smoke":
