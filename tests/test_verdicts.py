@@ -1,4 +1,10 @@
-"""fdpg_core.verdicts: the one rule on synthetic frames (holds / does not hold / inconclusive, ≈ and ≥, chains)."""
+"""fdpg_core.verdicts: the one rule on synthetic frames (holds / does not hold / inconclusive, ≈ and ≥, chains), and
+scripts/make_claims.py: the committed verdict tables and the numbers quoted around them are what the results give."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -92,3 +98,44 @@ def test_bad_inputs_raise_with_the_bad_value():
         V.decide("a", [1.0], "!", "b", [0.0])
     with pytest.raises(ValueError, match="unknown verdicts"):
         V.combine(["holds", "maybe"])
+
+
+# the committed text ------------------------------------------------------------------------------------------------
+
+def _load_make_claims():
+    """scripts/make_claims.py as a module, registered in sys.modules (its dataclasses need their module)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_claims.py"
+    spec = importlib.util.spec_from_file_location("make_claims", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["make_claims"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+claims = _load_make_claims()
+
+
+@pytest.mark.parametrize("name", claims.FILES)
+def test_committed_verdict_regions_are_what_make_claims_writes(name):
+    text = (claims.REPO / name).read_text(encoding="utf-8")
+    assert text == claims.rewrite(text, where=name), f"{name} is out of date: run `make claims`"
+
+
+def test_every_region_is_used():
+    texts = "".join((claims.REPO / n).read_text(encoding="utf-8") for n in claims.FILES)
+    used = set(re.findall(r"<!-- claims:begin (\S+) -->", texts))
+    assert used == set(claims.REGIONS), f"generated regions not in the Markdown files: {set(claims.REGIONS) - used}"
+
+
+@pytest.mark.parametrize("name", claims.FILES)
+def test_quoted_mean_pm_std_are_the_runs_numbers(name):
+    """Every 'm ± s' in an experiment's section is a mean ± std over seeds of that experiment's runs."""
+    text = (claims.REPO / name).read_text(encoding="utf-8")
+    assert claims.unmatched_quotes(text) == []
+
+
+def test_rewrite_rejects_unknown_or_unclosed_regions():
+    with pytest.raises(ValueError, match="'nope'"):
+        claims.rewrite("<!-- claims:begin nope -->\nx\n<!-- claims:end -->\n")
+    with pytest.raises(ValueError, match="markers"):
+        claims.rewrite("<!-- claims:begin glance -->\nx\n")
