@@ -9,7 +9,8 @@ The rule, for a claim "A > B" on a metric m, with A's and B's values of m in the
              does not hold   when "B > A" holds by the same rule;
              is inconclusive otherwise.
     "A ≈ B"  holds           when |Δ| ≤ σ; does not hold when "A > B" or "B > A" holds; inconclusive otherwise.
-    "A ≥ B"  holds           when "A > B" or "A ≈ B" holds; does not hold when "B > A" holds; inconclusive otherwise.
+    "A ≥ B"  holds           when Δ ≥ −σ (A is not below B by more than σ: "A > B" or "A ≈ B" or A ahead);
+             does not hold   when "B > A" holds; inconclusive otherwise (A below B by more than σ, not in every seed).
     "A < B", "A ≤ B" are "B > A", "B ≥ A".
 
 Relations compare the metric's raw values (write "js < kl" on KL(p‖π), "kl < rkl" on Self-BLEU).
@@ -142,8 +143,10 @@ def decide(a_name: str, a_values, rel: str, b_name: str, b_values, *, metric: st
                         f"{b_name} > {a_name}: {sep}, every seed")
         bad = [s for s, x, y in zip(seeds, a, b) if not x > y]
         if bad:
-            why = ", ".join(f"seed {s}: {f(x)} {'<' if x < y else '='} {f(y)}" for s, x, y in zip(seeds, a, b)
-                            if s in bad)
+            def pair(x, y):  # two more decimals where the rounded values would read as equal
+                return (f(x), f(y)) if f(x) != f(y) or x == y else (_fmt(x, digits + 2), _fmt(y, digits + 2))
+            why = ", ".join(f"seed {s}: {a_name} {pair(x, y)[0]} {'<' if x < y else '='} {b_name} {pair(x, y)[1]}"
+                            for s, x, y in zip(seeds, a, b) if s in bad)
         else:
             why = f"every seed, but {sep}"
         return Link(a_name, rel, b_name, metric, INCONCLUSIVE, a, b, seeds, sigma, why)
@@ -153,9 +156,11 @@ def decide(a_name: str, a_values, rel: str, b_name: str, b_values, *, metric: st
         if a_gt or b_gt:
             hi, lo = (a_name, b_name) if a_gt else (b_name, a_name)
             return Link(a_name, rel, b_name, metric, FAILS, a, b, seeds, sigma, f"{hi} > {lo}: {sep}, every seed")
-        return Link(a_name, rel, b_name, metric, INCONCLUSIVE, a, b, seeds, sigma, f"{sep}, not in every seed")
-    # rel == "≥"
-    if a_gt or abs(da - db) <= sigma:
+        hi, lo = (a_name, b_name) if da > db else (b_name, a_name)
+        return Link(a_name, rel, b_name, metric, INCONCLUSIVE, a, b, seeds, sigma,
+                    f"{hi} above {lo} by {sep}, not in every seed")
+    # rel == "≥": A is not below B by more than σ (monotone: a larger lead never makes it fail)
+    if da - db >= -sigma:
         return Link(a_name, rel, b_name, metric, HOLDS, a, b, seeds, sigma)
     if b_gt:
         return Link(a_name, rel, b_name, metric, FAILS, a, b, seeds, sigma, f"{b_name} > {a_name}: {sep}, every seed")

@@ -70,9 +70,11 @@ class Experiment:
     frame: object = None       # runs → frame (default: results.final_frame)
 
 
-GLANCE = [("alignment", "alignment rkl ≥ js ≈ tv > kl"), ("diversity", "diversity kl ≥ js ≈ tv > rkl"),
-          ("js_kl", "js reaches a lower KL(p‖π) than kl"), ("rl", "rkl-DPG = KL-regularised RL: J rises and is highest for rkl"),
-          ("entropy", "rkl's entropy collapses, then recovers"), ("heldout", "constraint rate rises on held-out contexts")]
+GLANCE = [  # (Claim.key, row label) of the claims-at-a-glance table, in this order
+    ("alignment", "alignment rkl ≥ js ≈ tv > kl"), ("diversity", "diversity kl ≥ js ≈ tv > rkl"),
+    ("js_kl", "js reaches a lower KL(p‖π) than kl"),
+    ("rl", "rkl-DPG = KL-regularised RL: J rises and is highest for rkl"),
+    ("entropy", "rkl's entropy collapses, then recovers"), ("heldout", "constraint rate rises on held-out contexts")]
 ALIGN, DIVERSE = "rkl ≥ js ≈ tv > kl", "kl ≥ js ≈ tv > rkl"
 
 
@@ -185,7 +187,8 @@ EXPERIMENTS = [
             Case("α = 0 … 1", "mass/off_target",
                  ("alpha=0.0 ≥ alpha=0.25 ≥ alpha=0.5 ≥ alpha=0.75 ≥ alpha=1.0", "alpha=0.0 > alpha=1.0"),
                  where=(("setting", "misspecified"),)),)),
-        Claim("", "importance sampling from π is blind to mass π dropped", "|IS − exact| of KL(p‖π), 4,096 samples of π", (
+        Claim("", "importance sampling from π is blind to mass π dropped",
+              "|IS − exact| of KL(p_ε‖π), 4,096 samples of π", (
             Case("misspecified", "is_error", ("rkl > kl", "rkl > js"), where=(("setting", "misspecified"),)),)),
     )),
     Experiment("01", "scalar_preference", "01 scalar (3 β)", "β", frame=frame_01, claims=(
@@ -257,9 +260,11 @@ EXPERIMENTS = [
                   Case("recovery", "recovery", ("rkl > kl", "rkl > js", "rkl > tv"))), digits=1, joint=True),
     )),
     Experiment("07", "summarization", "07 summaries", "metrics", frame=frame_07, claims=(
-        Claim("heldout", "the constraint rate rises on held-out contexts", "b rate, held-out articles (a: one evaluation)",
+        Claim("heldout", "the constraint rate rises on held-out contexts",
+              "b rate, held-out articles (a: one evaluation)",
               (Case("held out", "heldout/entities", _each("{d} > a")),)),
-        Claim("", "summaries become more faithful (tested with the relaxed b: the paper's ≥ 4 entities has base rate 0)",
+        Claim("", "summaries become more faithful (tested with the relaxed b: the paper's ≥ 4 entities has base "
+                  "rate 0)",
               "held-out: ≥ 1 entity, all in the source; entity precision", (
             Case("≥ 1 entity, all in source", "heldout/entities_ge1", _each("{d} > a")),
             Case("entity precision", "heldout/entity_precision", _each("{d} > a")))),
@@ -393,7 +398,8 @@ def verdict_table(exp: Experiment, results_dir: Path = RESULTS) -> str:
         last = d.claim
         rows.append([d.claim.text if first else "", d.claim.metric if first else "", d.case.label,
                      what_we_see(d).replace("|", "\\|"), verdict_text(d)])
-    head = "| claim | compared on | case | mean ± std over seeds | verdict (links that do not hold) |\n|---|---|---|---|---|\n"
+    head = ("| claim | compared on | case | mean ± std over seeds | verdict (links that do not hold) |\n"
+            "|---|---|---|---|---|\n")
     return head + "".join("| " + " | ".join(r) + " |\n" for r in rows)
 
 
@@ -522,7 +528,8 @@ def klpa_note(code: str, set_name: str, unit: str, results_dir: Path = RESULTS) 
     x = (min(pol) - (1 - z0) * kl_in) / z0  # mean −log Z_c over the left-out contexts at which the lowest run ties p
     return (f"E_c[−log Z_c] = {fmt(kl_in, 2)} nats averages the {C - n_out} of {C} {unit} in which at least one of "
             f"a's {k} samples met b. The other {n_out} ({fmt(100 * z0, 0)} %) have Ẑ_c = 0 from {k} samples and are "
-            f"left out, although their −log Z_c is likely the largest, so the target's KL(p‖a) over all {C} is at least "
+            f"left out, although their −log Z_c is likely the largest, so the target's KL(p‖a) over all {C} is at "
+            f"least "
             f"{fmt((1 - z0) * kl_in, 2)} nats and unknown beyond that. Every run's KL(π‖a) ({fmt(min(pol), 2)}–"
             f"{fmt(max(pol), 2)}) exceeds the target's if the left-out {unit} average −log Z_c < {fmt(x, 1)} "
             f"(a geometric-mean Z_c above {x and f'{math.exp(-x):.2g}'}); the runs cannot tell whether they do.\n")

@@ -37,7 +37,8 @@ def test_greater_holds_only_in_every_seed_and_beyond_the_pooled_std():
     assert link(f, "b < a").verdict == HOLDS and link(f, "a < b").verdict == FAILS
     one_seed_reversed = frame(a=[1.0, 1.2, 0.4], b=[0.5, 0.6, 0.45])  # Δ large but seed 2 reversed
     lk = link(one_seed_reversed, "a > b")
-    assert lk.verdict == INC and "seed 2: 0.400 < 0.450" in lk.reason
+    assert lk.verdict == INC and "seed 2: a 0.400 < b 0.450" in lk.reason
+    assert "seed 2: a 0.400 < b 0.450" in link(one_seed_reversed, "b < a").reason  # named, whatever the wording
     assert link(one_seed_reversed, "b > a").verdict == INC  # not the reverse either
     within_spread = frame(a=[1.0, 2.0, 3.0], b=[0.9, 1.9, 2.9])  # every seed, but Δ 0.1 ≤ σ 1
     assert link(within_spread, "a > b").verdict == INC
@@ -54,10 +55,13 @@ def test_approx_and_at_least():
     assert "a > b" in link(apart, "b ≈ a").reason
     apart_but_mixed = frame(a=[2.0, 2.0, 0.9], b=[1.0, 1.0, 1.0])  # |Δ| 0.63 > σ 0.45, seed 2 reversed
     assert link(apart_but_mixed, "a ≈ b").verdict == INC
-    # ≥: > or ≈ holds; the reverse > makes it fail; otherwise inconclusive
+    # ≥: not below by more than σ; the reverse > makes it fail; otherwise inconclusive
     assert link(apart, "a ≥ b").verdict == HOLDS and link(close, "b >= a").verdict == HOLDS
+    assert link(apart_but_mixed, "a ≥ b").verdict == HOLDS  # ahead by more than σ, one seed behind: still ≥
     assert link(apart, "b ≥ a").verdict == FAILS
     assert link(apart_but_mixed, "b ≥ a").verdict == INC
+    assert "b below a" in link(apart_but_mixed, "b ≥ a").reason
+    assert "a above b" in link(apart_but_mixed, "a ≈ b").reason
     assert link(apart, "b ≤ a").verdict == HOLDS and link(apart, "a ≤ b").verdict == FAILS
 
 
