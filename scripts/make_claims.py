@@ -8,7 +8,8 @@ the Markdown files between markers, and only there:
     ...generated...
     <!-- claims:end -->
 
-NAME is one of `REGIONS` (glance, verdicts-00 … verdicts-08, toy-00, skipped-03, skipped-runs, klpa-07, klpa-08).
+NAME is one of `REGIONS` (glance, glance-03-06, verdicts-00 … verdicts-08, toy-00, skipped-03, skipped-runs,
+klpa-07, klpa-08); a region may appear in several files.
 
 Usage:
   python scripts/make_claims.py            # rewrite the generated regions in place (make claims)
@@ -67,7 +68,7 @@ class Experiment:
     column: str                # header in the claims-at-a-glance table
     noun: str                  # what a case is, plural ("tasks", "sizes", "β")
     claims: tuple[Claim, ...]
-    frame: object = None       # runs → frame (default: results.final_frame)
+    frame: object = None       # runs → frame (default: frame_of, results.final_frame plus skipped updates)
 
 
 GLANCE = [  # (Claim.key, row label) of the claims-at-a-glance table, in this order
