@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv demo test lab notebooks figures nbval nbval-update bench clean-venv
+.PHONY: venv demo test lab notebooks figures claims nbval nbval-update bench clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ notebooks: $(STAMP)
 ## make figures: the cpu preset of every notebook: writes data/results/<experiment>/cpu and figures/<experiment>.
 figures: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py --preset cpu
+
+## make claims: rebuilds every verdict table in README.md and docs/RESULTS_*.md from data/results (one rule:
+## fdpg_core/verdicts.py); `scripts/make_claims.py --check` only reports what is out of date.
+claims: $(STAMP)
+	$(BIN)/python scripts/make_claims.py
 
 ## make nbval: re-executes the notebooks and compares each final summary cell with its stored output.
 nbval: $(STAMP)
