@@ -4,6 +4,7 @@
     parameters_cell(nb)                            the cell tagged `parameters` and its {name: (value, comment)}
     parameters(namespace, name)                    a notebook's parameters, checked and parsed (its first cell)
     preset_values(name, preset)                    the parameters a preset runs with (defaults + params/*.yaml)
+    preset_fingerprint(name, preset)               (experiment, fingerprint) of the runs a preset makes
     clear_outputs(nb)                              outputs cleared, except cells marked `# NBVAL_CHECK_OUTPUT`
     copy_checked_outputs(nb, executed)             take those marked cells' outputs from an executed copy
 
@@ -29,7 +30,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
-           "parameters_cell", "parameter_types", "parameters", "preset_values", "clear_outputs", "copy_checked_outputs"]
+           "parameters_cell", "parameter_types", "parameters", "preset_values", "preset_fingerprint", "clear_outputs", "copy_checked_outputs"]
 
 
 def kernel_env(base: dict | None = None) -> dict:
@@ -277,6 +278,25 @@ def preset_values(name: str, preset: str, overrides: dict | None = None) -> dict
         return parameters(namespace, name)
     except ValueError as e:
         raise ValueError(f"preset {preset!r} of {name}: {e}") from None
+
+
+def preset_fingerprint(name: str, preset: str) -> tuple[str, str]:
+    """(experiment, fingerprint) of the runs notebooks/<name>.ipynb makes at `preset`, read from its own source:
+    its `EXPERIMENT = "..."` line and its `results.fingerprint(P, sweep=[...])` call."""
+    import nbformat
+
+    from fdpg_core import results
+
+    code = [_source(c) for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)["cells"]
+            if c["cell_type"] == "code"]
+    experiments = [m.group(1) for src in code for m in re.finditer(r'^EXPERIMENT = "(\w+)"', src, re.M)]
+    calls = [n for src in code for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call)
+             and ast.unparse(n.func) == "results.fingerprint"]
+    if len(experiments) != 1 or len(calls) != 1:
+        raise ValueError(f"{name}: expected one EXPERIMENT = \"...\" line and one results.fingerprint(...) call, "
+                         f"found {len(experiments)} and {len(calls)}")
+    sweep = ast.literal_eval(next((k.value for k in calls[0].keywords if k.arg == "sweep"), ast.List([])))
+    return experiments[0], results.fingerprint(preset_values(name, preset), sweep=sweep)
 
 
 def clear_outputs(nb, *, keep_checked: bool = True):

@@ -44,12 +44,18 @@ RELATIONS = (">", "≥", "≈", "<", "≤")
 
 
 def load_experiment_runs(results_dir, experiment: str, preset: str = "cpu") -> list[dict]:
-    """The runs that the verdicts of `experiment` are computed from: every result file under `results_dir` whose
-    `experiment` and `preset` match. This is the one place that chooses runs for verdicts; the run fingerprint
-    (the experiment's committed parameters) is to be checked here as well, once result files carry it.
-    ValueError if no run matches."""
-    runs = [r for r in results.load_runs(results_dir) if r.get("experiment") == experiment
-            and r.get("preset") == preset]
+    """The runs that the verdicts of `experiment` are computed from: the result files under `results_dir` made by
+    that experiment's notebook with the parameters of `preset` (its fingerprint). This is the one place that
+    chooses runs for verdicts. ValueError if no run matches."""
+    from fdpg_core import notebook
+
+    names = [p.stem for p in notebook.list_notebooks()]
+    fps = [notebook.preset_fingerprint(n, preset) for n in names]
+    fp = next((f for e, f in fps if e == experiment), None)
+    if fp is None:
+        raise ValueError(f"no notebook runs experiment {experiment!r}; allowed: {sorted(e for e, _ in fps)}")
+    runs = [r for r in results.load_runs(results_dir, experiment=experiment, fingerprint=fp, verbose=False)
+            if r.get("preset") == preset]
     if not runs:
         raise ValueError(f"no run of experiment {experiment!r} with preset {preset!r} in {str(results_dir)!r}")
     return runs

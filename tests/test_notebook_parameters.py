@@ -11,9 +11,7 @@ Executed (slow; notebook 00 at a reduced size, then 06 into the same folder):
   - a second run with the same parameters trains nothing and leaves the files untouched; a run with other
     parameters trains anew and its tables show only its own runs; a second notebook given the same out_dir runs.
 """
-import ast
 import json
-import re
 
 import nbformat
 import papermill
@@ -78,19 +76,9 @@ def test_parameters_are_typed_and_presets_are_valid(path):
         assert preset_values(path.stem, preset)["preset"] == preset  # raises on an unknown key or a bad value
 
 
-def _notebook_fingerprint(path, preset):
-    """(experiment, fingerprint) that notebook `path` computes at `preset`, read from its own source."""
-    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
-    experiment = next(m.group(1) for s in code for m in [re.search(r'^EXPERIMENT = "(\w+)"', s, re.M)] if m)
-    call = next(n for s in code for n in ast.walk(ast.parse(s)) if isinstance(n, ast.Call)
-                and ast.unparse(n.func) == "results.fingerprint")
-    sweep = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "sweep"))
-    return experiment, results.fingerprint(preset_values(path.stem, preset), sweep=sweep)
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_committed_results_are_the_cpu_presets_own(path):
-    experiment, fp = _notebook_fingerprint(path, "cpu")
+    experiment, fp = notebook.preset_fingerprint(path.stem, "cpu")
     out = notebook.REPO_ROOT / preset_values(path.stem, "cpu")["out_dir"]
     files = sorted(out.glob("*.json"))
     assert files, f"no committed results in {out}"
