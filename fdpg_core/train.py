@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from fdpg_core import distributed as dist_
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
-from fdpg_core.losses import fdpg_loss, pseudo_reward
+from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
 from fdpg_core.sampling import Samples, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
@@ -69,10 +69,6 @@ _BASELINES = ("ema", "window", "none")
 _PROPOSALS = ("online", "offline")
 # config fields that may change between a run and its resume
 _RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress"}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped at a step whose pseudo-reward, loss or gradient is not finite."""
 
 
 @dataclass
