@@ -521,26 +521,30 @@ def _load_checkpoint(path: str) -> dict:
     return ck
 
 
-def _non_finite_inputs(log_q: Tensor, scored: Scored, cfg: FDPGConfig, online: bool) -> str | None:
+def _non_finite_inputs(log_q: Tensor, scored: Scored, cfg: FDPGConfig, online: bool, W: int) -> str | None:
     """Why this batch cannot update Ẑ, or None: log q must be finite (a drawn sample has q(x) > 0), log P and log a
-    must not be NaN or +inf (−inf = zero mass). One host sync."""
-    n_q, n_P, n_a = torch.stack([(~torch.isfinite(log_q)).sum(),
-                                 (torch.isnan(scored.log_P) | (scored.log_P == math.inf)).sum(),
-                                 (torch.isnan(scored.log_a) | (scored.log_a == math.inf)).sum()]).tolist()
+    must not be NaN or +inf (−inf = zero mass). One host sync. With W processes, names the rank whose rows hold
+    the first bad value (rank r holds rows [r·B/W, (r+1)·B/W) of the gathered columns)."""
+    bad_q = ~torch.isfinite(log_q)  # (B,)
+    bad_P = torch.isnan(scored.log_P) | (scored.log_P == math.inf)
+    bad_a = torch.isnan(scored.log_a) | (scored.log_a == math.inf)
+    n_q, n_P, n_a = torch.stack([bad_q.sum(), bad_P.sum(), bad_a.sum()]).tolist()
+    if not (n_q or n_P or n_a):
+        return None
     B = log_q.numel()
+    bad = bad_q if n_q else (bad_P if n_P else bad_a)
+    where = f" (first on rank {int(bad.nonzero()[0, 0]) // (B // W)} of {W})" if W > 1 else ""
     if n_q:
         who = (f"the policy (q = π_θ online): its parameters may have diverged (lr={cfg.lr:g}); lower lr or set "
                "max_grad_norm") if online else "the proposal q: check the proposal model"
-        return (f"log q of the samples is not finite on {int(n_q)} of {B} samples (e.g. "
-                f"{log_q[~torch.isfinite(log_q)][0].item()}); a drawn sample has a finite log q. Check the sampler "
-                f"(a custom sampler must return each sample's log q) and {who}")
+        return (f"log q of the samples is not finite on {int(n_q)} of {B} samples{where} (e.g. "
+                f"{log_q[bad_q][0].item()}); a drawn sample has a finite log q. Check the sampler (a custom sampler "
+                f"must return each sample's log q) and {who}")
     if n_P:
-        return (f"the target returned log P = NaN or +inf on {int(n_P)} of {B} samples; allowed: finite or -inf "
-                "(zero mass). Check the target's scorers")
-    if n_a:
-        return (f"the target returned log a = NaN or +inf on {int(n_a)} of {B} samples (KL(π‖a) would be "
-                "meaningless); allowed: finite or -inf. Check the target's base model a")
-    return None
+        return (f"the target returned log P = NaN or +inf on {int(n_P)} of {B} samples{where}; allowed: finite or "
+                "-inf (zero mass). Check the target's scorers")
+    return (f"the target returned log a = NaN or +inf on {int(n_a)} of {B} samples{where} (KL(π‖a) would be "
+            "meaningless); allowed: finite or -inf. Check the target's base model a")
 
 
 def _bad_reward_message(div: Divergence, log_pi: Tensor, log_P: Tensor) -> str:
@@ -766,7 +770,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 raise fail(step, str(e)) from None
             log_q, scored = _gather_scored(samples.log_q, scored)  # (B,) log q(x), no grad; global row order
             log_P = scored.log_P  # (B,)
-            msg = _non_finite_inputs(log_q, scored, cfg, online)  # checked before Ẑ is updated
+            msg = _non_finite_inputs(log_q, scored, cfg, online, W)  # checked before Ẑ is updated
             if msg:
                 raise fail(step, msg)
             st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, log_P - log_q)
