@@ -618,3 +618,55 @@ def test_scorer_with_the_wrong_number_of_rows_still_names_the_factor():
     target = Target(pb.target.base) * ScalarFactor("short", lambda s: torch.zeros(3), 1.0)
     with pytest.raises(ValueError, match=r"scorer of factor 'short' returned shape \(3,\); expected \(B,\) with B=8"):
         train(pb.policy, target, pb.prompts, _cfg())
+
+
+# ----------------------------------------------------------------------------- 7. several processes
+def _hang_job(rank, world, store, root):
+    """Rank r of 2 gloo processes (the collective of train() that rank 0 waits in while rank 1 hangs)."""
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from fdpg_core import distributed
+
+    torch.set_num_threads(1)
+    distributed.HUNG_PROBE_S = 2.0
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    distributed.init_distributed()  # what train() calls first: sets up the probe group
+    dist.distributed_c10d._set_pg_timeout(timedelta(seconds=3))  # a short collective timeout for the test
+    res = {}
+    if rank == 1:
+        time.sleep(120)  # hung (killed by the test)
+    try:
+        distributed.gather_rows(torch.zeros(2))
+    except distributed.HungRankError as e:
+        res = {"msg": str(e), "hung": e.hung}
+    torch.save(res, root / f"rank{rank}.tmp")
+    os.replace(root / f"rank{rank}.tmp", root / f"rank{rank}.pt")  # atomic: the test polls the file
+    os._exit(0)  # no destroy_process_group: the peer is hung
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_named_by_rank_0(tmp_path):
+    """Rank 1 never reaches a collective: after the collective timeout rank 0 probes the ranks (a monitored barrier
+    of a separate gloo group) and names rank 1, instead of reporting only its own gloo timeout."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_hang_job, args=(2, str(tmp_path / "store"), tmp_path), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and not (tmp_path / "rank0.pt").exists():
+            time.sleep(0.2)
+    finally:
+        for p in ctx.processes:  # rank 1 is still asleep
+            p.kill()
+            p.join(10)
+    res = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert res["hung"] == [1], res
+    assert res["msg"].startswith("rank 0 of 2: gather_rows timed out") and "rank(s) [1] never reached it" in \
+        res["msg"] and "FDPG_DIST_TIMEOUT_S" in res["msg"]
