@@ -680,7 +680,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
           "samples_seen": 0, "skipped": 0, "replaced": 0}
     history: list[dict] = []
     _refuse_existing_run(out_dir, resume, cfg.overwrite, rank0)
-    hist_file = None if hist_path is None or not rank0 else _History(hist_path, [], stale=[ckpt_path])
+    hist_file = None if hist_path is None or not rank0 else _History(hist_path, [], stale=[] if resume else [ckpt_path])
     if resume:
         if ckpt_path is None or not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"train(resume=True): no checkpoint at {ckpt_path!r} (config.out_dir="
