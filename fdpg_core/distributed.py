@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import importlib.util
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from datetime import timedelta
@@ -47,9 +49,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PEER_FAILURE_GRACE_S", "RANK_SEED_STRIDE", "rank_seed", "world_size", "rank",
-           "is_main", "launched", "local_device", "init_distributed", "check_backend", "gather_rows", "all_reduce_grads",
-           "broadcast_module", "broadcast_object", "gather_objects", "all_gather_objects", "main"]
+__all__ = ["DEFAULT_TIMEOUT_S", "PEER_FAILURE_GRACE_S", "HUNG_PROBE_S", "RANK_SEED_STRIDE", "HungRankError",
+           "rank_seed", "world_size", "rank", "is_main", "launched", "local_device", "init_distributed", "check_backend",
+           "gather_rows", "all_reduce_grads", "broadcast_module", "broadcast_object", "gather_objects",
+           "all_gather_objects", "main"]
 
 DEFAULT_TIMEOUT_S = 600
 """collective timeout (s) set on init_process_group (env FDPG_DIST_TIMEOUT_S overrides; torch's own default is
@@ -57,9 +60,79 @@ DEFAULT_TIMEOUT_S = 600
 PEER_FAILURE_GRACE_S = 5.0
 """a rank of the command-line worker whose collective fails because a peer died waits this long before exiting, so
 that torchrun (which polls every 0.1 s) reports the rank that failed first, with its error, as the root cause."""
+HUNG_PROBE_S = 10.0
+"""when a collective of train() times out (gloo), every rank that is still alive meets at a barrier of a separate gloo
+group (monitored_barrier) for at most this long: rank 0 then names the ranks that never arrived (hung), and the other
+ranks name rank 0 when it never answers."""
 RANK_SEED_STRIDE = 1000
 """rank r samples with a generator seeded seed + RANK_SEED_STRIDE · r (CPU generators use the low 32 bits of a
 seed, so a 2³² stride would collide)."""
+
+
+class HungRankError(TimeoutError):
+    """A collective timed out because other ranks never reached it. `hung`: their ranks; [] when every rank answered
+    the probe (no rank is hung: the collective was slow); None when rank 0 collected the answers (see its error)."""
+
+    def __init__(self, msg: str, hung: list[int] | None):
+        super().__init__(msg)
+        self.hung = hung
+
+
+_PROBE: tuple | None = None  # (the default group, the gloo group of the hung-rank probe)
+
+
+def _probe_group():
+    """The gloo group of the hung-rank probe, created once per default gloo group (None with NCCL, whose watchdog
+    ends the process at a timeout before Python could probe). Collective: every rank calls it at the same point
+    (init_distributed, which train() calls on every rank)."""
+    global _PROBE
+    if world_size() == 1 or dist.get_backend() != "gloo":  # NCCL: its watchdog ends the process at a timeout
+        return None
+    world = dist.group.WORLD
+    if _PROBE is None or _PROBE[0] is not world:
+        dist.barrier()  # the ranks meet first (default timeout), so the short probe timeout never fails the creation
+        _PROBE = (world, dist.new_group(backend="gloo", timeout=timedelta(seconds=HUNG_PROBE_S)))
+    return _PROBE[1]
+
+
+def _is_timeout(e: BaseException) -> bool:
+    return "timed out" in str(e).lower() and not _peer_failure(e)
+
+
+def _names_hung_ranks(fn):
+    """Wrap a collective: a timeout becomes a HungRankError naming the ranks that never reached it (probe: one
+    monitored barrier on a separate gloo group, at most HUNG_PROBE_S seconds)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if world_size() == 1 or not _is_timeout(e) or _PROBE is None or _PROBE[0] is not dist.group.WORLD:
+                raise
+            raise _hung_rank_error(fn.__name__, e) from e
+    return wrapper
+
+
+def _hung_rank_error(what: str, e: BaseException) -> HungRankError:
+    r, W = rank(), world_size()
+    head = f"rank {r} of {W}: {what} timed out ({str(e).splitlines()[0][:160]})"
+    hint = ("(blocked in a scorer, in I/O or in a deadlock), not this rank. Look at its stack (e.g. py-spy dump --pid), "
+            "or raise the timeout (--timeout / FDPG_DIST_TIMEOUT_S) if it is only slow")
+    t0 = time.monotonic()
+    try:
+        dist.monitored_barrier(group=_PROBE[1], timeout=timedelta(seconds=HUNG_PROBE_S), wait_all_ranks=True)
+    except RuntimeError as probe:
+        found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(probe))
+        if r == 0 and found:
+            hung = [int(x) for x in found.group(1).replace(" ", "").split(",") if x]
+            return HungRankError(f"{head}: rank(s) {hung} never reached it, nor a probe barrier in the "
+                                 f"{HUNG_PROBE_S:g} s after: hung {hint}", hung)
+        if r != 0 and time.monotonic() - t0 >= 0.9 * HUNG_PROBE_S:
+            return HungRankError(f"{head}: rank 0 never reached it, nor answered a probe barrier in the "
+                                 f"{HUNG_PROBE_S:g} s after: hung {hint}", [0])
+        return HungRankError(f"{head}; rank 0 ran the probe for hung ranks and names them in its error", None)
+    return HungRankError(f"{head}; every rank answered a probe barrier right after, so no rank is hung: the "
+                         "collective was slow (raise --timeout / FDPG_DIST_TIMEOUT_S) or the network failed", [])
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -104,6 +177,7 @@ def init_distributed(device=None, *, backend: str | None = None, timeout_s: floa
     timeout_s: collective timeout; None = env FDPG_DIST_TIMEOUT_S, else DEFAULT_TIMEOUT_S.
     """
     if dist.is_available() and dist.is_initialized():
+        _probe_group()
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
@@ -122,6 +196,7 @@ def init_distributed(device=None, *, backend: str | None = None, timeout_s: floa
     if not timeout_s > 0:
         raise ValueError(f"init_distributed: timeout_s={timeout_s!r}; allowed: a number of seconds > 0")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    _probe_group()
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -133,6 +208,7 @@ def check_backend(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------------ collectives
+@_names_hung_ranks
 def gather_rows(*tensors: Tensor) -> list[Tensor]:
     """Each tensor's rows concatenated over ranks in rank order: (n, ...) per rank → (W·n, ...) on every rank.
 
@@ -154,6 +230,7 @@ def gather_rows(*tensors: Tensor) -> list[Tensor]:
     return [c.reshape(W * n, *t.shape[1:]).to(t.dtype) for c, t in zip(full.split(widths, 1), tensors)]
 
 
+@_names_hung_ranks
 def all_reduce_grads(params: Sequence[Tensor], n_bad: int = 0, *, bucket_bytes: int = 1 << 26) -> int:
     """SUM p.grad over ranks, in place; returns the number of ranks that reported a failure (n_bad summed).
 
@@ -198,6 +275,7 @@ def all_reduce_grads(params: Sequence[Tensor], n_bad: int = 0, *, bucket_bytes: 
     return 0
 
 
+@_names_hung_ranks
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank `src`'s parameters and buffers into every rank's module (as DDP does at construction)."""
     if world_size() == 1:
@@ -207,6 +285,7 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
+@_names_hung_ranks
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s picklable object on every rank."""
     if world_size() == 1:
@@ -216,6 +295,7 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+@_names_hung_ranks
 def gather_objects(obj, dst: int = 0) -> list | None:
     """[obj of rank 0, …, obj of rank W−1] on rank `dst`, None elsewhere."""
     if world_size() == 1:
@@ -225,6 +305,7 @@ def gather_objects(obj, dst: int = 0) -> list | None:
     return out
 
 
+@_names_hung_ranks
 def all_gather_objects(obj) -> list:
     """[obj of rank 0, …, obj of rank W−1] on every rank."""
     if world_size() == 1:
@@ -344,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     try:
         history = train(parts["policy"], parts["target"], parts["prompts"], cfg, resume=args.resume, **extra)
     except Exception as e:  # no destroy_process_group here: it can wait for the peers; exiting closes the sockets
-        if world_size() > 1 and _peer_failure(e):  # not the root cause: let torchrun see the failing rank first
+        if world_size() > 1 and (_peer_failure(e) or (isinstance(e, HungRankError) and e.hung is None)):
+            # not the root cause: let torchrun report the failing rank (or rank 0, which names the hung ones) first
             time.sleep(PEER_FAILURE_GRACE_S)
         raise
     if is_main() and history:

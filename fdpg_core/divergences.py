@@ -229,14 +229,22 @@ def alpha_divergence(alpha: float) -> Divergence:
 
 
 def get_divergence(name_or_div: str | Divergence) -> Divergence:
-    """Return the table row for a key, or the ``Divergence`` itself. Unknown keys raise ValueError."""
+    """Return the table row for a key, the α-divergence named ``"alpha=<α>"`` (the name `alpha_divergence` gives,
+    so a config's ``to_dict()`` round-trips), or the ``Divergence`` itself. Unknown keys raise ValueError."""
     if isinstance(name_or_div, Divergence):
         return name_or_div
     if isinstance(name_or_div, str) and name_or_div in DIVERGENCES:
         return DIVERGENCES[name_or_div]
+    if isinstance(name_or_div, str) and name_or_div.startswith("alpha="):
+        try:
+            alpha = float(name_or_div[len("alpha="):])
+        except ValueError:
+            alpha = None
+        if alpha is not None and math.isfinite(alpha):
+            return alpha_divergence(alpha)
     raise ValueError(
-        f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)} "
-        "(or a Divergence, e.g. alpha_divergence(0.5))"
+        f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)}, 'alpha=<a>' with a finite "
+        "real a (e.g. 'alpha=0.5'), or a Divergence (e.g. alpha_divergence(0.5))"
     )
 
 

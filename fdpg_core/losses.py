@@ -21,7 +21,13 @@ from fdpg_core.divergences import Divergence, get_divergence
 
 Tensor = torch.Tensor
 
-__all__ = ["fdpg_loss", "pseudo_reward"]
+__all__ = ["NonFiniteLossError", "fdpg_loss", "pseudo_reward"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a step whose target scores, sample log-probabilities, pseudo-reward, loss or gradient
+    are not finite (raised before any update of that step). Also raised by `Target.score` when a factor's value
+    is NaN or +inf."""
 
 
 def _as_tensor_like(value, ref: Tensor, name: str) -> Tensor:

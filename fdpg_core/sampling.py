@@ -179,13 +179,20 @@ class Samples:
 # ----------------------------------------------------------------------------------------------------------------
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left pad lists of token ids -> ids (C, Tp) long, mask (C, Tp) long (1 = real token)."""
+    try:
+        pad = None if isinstance(pad_id, bool) else operator.index(pad_id)
+    except TypeError:
+        pad = None
+    if pad is None or pad < 0:
+        raise ValueError(f"left_pad: pad_id={pad_id!r}; allowed: an int token id >= 0 (e.g. tokenizer.pad_token_id, "
+                         "or tokenizer.eos_token_id when the tokenizer has no pad token, as GPT-2's)")
     if len(seqs) == 0:
         raise ValueError("left_pad needs at least one sequence, got an empty list")
     lens = [len(s) for s in seqs]
     if min(lens) == 0:
         raise ValueError(f"left_pad: every sequence needs ≥ 1 token, got lengths {lens}")
     Tp = max(lens)
-    ids = torch.full((len(seqs), Tp), int(pad_id), dtype=torch.long)
+    ids = torch.full((len(seqs), Tp), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), Tp), dtype=torch.long)
     for i, s in enumerate(seqs):  # prompt construction, not the hot path
         ids[i, Tp - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
@@ -542,13 +549,13 @@ def sample(
     # 1. validate
     V = _vocab_size(model)
     _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V)
-    pad_token_id = _check_id("pad_token_id", pad_token_id, V)
-    if eos_token_id is None:
+    if eos_token_id is None:  # EOS first: a pad id defaulted to the EOS id is then reported as eos_token_id
         eos_list = []
     elif isinstance(eos_token_id, (Sequence, torch.Tensor)) and not isinstance(eos_token_id, str):
         eos_list = [_check_id("eos_token_id", e, V) for e in list(eos_token_id)]
     else:
         eos_list = [_check_id("eos_token_id", eos_token_id, V)]
+    pad_token_id = _check_id("pad_token_id", pad_token_id, V)
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number > 0 (1.0 = no change), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from fdpg_core import sampling
+from fdpg_core.losses import NonFiniteLossError
 
 Scorer = Callable[..., Tensor]
 
@@ -55,13 +57,21 @@ def _eval_mode(model: torch.nn.Module):
 def _call_scorer(name: str, scorer: Scorer, samples, expect_dim: int) -> Tensor:
     """Run a scorer and check its output shape: (B,) when expect_dim == 1, (B, K) when 2."""
     with torch.no_grad():
-        out = scorer(samples)
-    out = torch.as_tensor(out)
+        raw = scorer(samples)
     B = samples.tokens.shape[0]
+    want = "(B,)" if expect_dim == 1 else "(B, K)"
+    try:
+        out = torch.as_tensor(raw)
+    except (TypeError, ValueError, RuntimeError):  # None, strings, ragged lists, dicts
+        out = None
+    if out is None or out.is_complex():
+        got = "None (does the scorer return its value?)" if raw is None else \
+            f"a {type(raw).__name__} {reprlib.repr(raw)}"
+        raise ValueError(f"scorer of factor {name!r} returned {got}; expected a tensor (or list) of numbers or bools "
+                         f"of shape {want} with B={B}")
     if expect_dim == 2 and out.dim() == 1:
         out = out[:, None]  # (B,) -> (B, 1): a single feature
     if out.dim() != expect_dim or out.shape[0] != B:
-        want = "(B,)" if expect_dim == 1 else "(B, K)"
         raise ValueError(f"scorer of factor {name!r} returned shape {tuple(out.shape)}; expected {want} "
                          f"with B={B}")
     return out
@@ -115,8 +125,9 @@ class ScalarFactor:
 
     def __post_init__(self):
         beta = float(self.beta)
-        if not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"ScalarFactor {self.name!r}: beta={self.beta!r}; allowed: a finite value > 0")
+        if not (math.isfinite(beta) and beta > 0 and math.isfinite(1.0 / beta)):
+            raise ValueError(f"ScalarFactor {self.name!r}: beta={self.beta!r}; allowed: a finite value > 0 whose "
+                             "inverse 1/beta is finite")
 
     def log_factor(self, samples) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns r/β (B,) and the feature {name: r} (B,)."""
@@ -219,11 +230,41 @@ class Target:
         log_a = log_a.detach()
         log_P = log_a.to(torch.float64)  # accumulate the factor terms in float64
         features: dict[str, Tensor] = {}
+        terms = [("the base model a (log_a)", None, log_a)]
         for f in self.factors:
             log_f, feats = f.log_factor(samples)  # (B,), {name: (B,)}
             log_P = log_P + log_f.to(log_P.device)  # log P = log a + Σ log factor
             features.update(feats)
-        return Scored(log_a=log_a, log_P=log_P.to(log_a.dtype), features=features)
+            terms.append((f"factor {f.name!r} ({type(f).__name__})", f, log_f))
+        log_P = log_P.to(log_a.dtype)
+        _check_log_P(terms, log_P)
+        return Scored(log_a=log_a, log_P=log_P, features=features)
+
+
+def _check_log_P(terms: list, log_P: Tensor) -> None:
+    """NonFiniteLossError naming each term of log P = log a + Σ log factor (the base model or a factor) that is NaN
+    or +inf, or finite but beyond the range of log P's dtype (it would become ±inf there). −inf (zero mass, e.g.
+    b = 0) is allowed. One host sync when everything is finite."""
+    big = torch.finfo(log_P.dtype).max
+    flags = [torch.isnan(t) | (t == math.inf) | (torch.isfinite(t) & (t.abs() > big)) for _, _, t in terms]
+    flags.append(torch.isnan(log_P) | (log_P == math.inf))  # e.g. a sum that overflows
+    if not torch.stack([m.any().to(log_P.device) for m in flags]).any():
+        return
+    parts = []
+    for (name, f, t), m in zip(terms + [("log P itself (the sum of the terms)", None, log_P)], flags):
+        if not m.any():
+            continue
+        rows = m.nonzero().flatten()
+        vals = t[rows[:3]].tolist()
+        kind = "NaN" if torch.isnan(t[m]).any() else ("+inf" if (t[m] == math.inf).any()
+                                                      else f"values beyond the {log_P.dtype} range")
+        msg = f"{name} gave {kind} on {rows.numel()} of {t.numel()} samples (rows {rows[:5].tolist()}, values {vals})"
+        if isinstance(f, ScalarFactor):
+            msg += f"; its term is r/beta with beta={f.beta!r}: check the scorer, or use a larger beta"
+        parts.append(msg)
+    raise NonFiniteLossError("Target.score: log P = log a + Σ log factors is not finite: " + "; ".join(parts) +
+                             ". Allowed: finite values, or -inf for zero mass (a BinaryFactor's b = 0); check that "
+                             "scorer or model")
 
 
 def _feature_names(f) -> tuple[str, ...]:

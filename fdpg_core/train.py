@@ -26,8 +26,13 @@ Decisions (see also the field docs of `FDPGConfig`):
   * Offline: q = frozen copy of π_θ at start; on every step, with that step's samples, KL(p‖π_θ) and
     KL(p‖q) are estimated by importance sampling (same samples, same Ẑ); if π_θ is better, q ← π_θ
     (θ before this step's update, the one whose KL was estimated).
-  * A non-finite pseudo-reward, loss or gradient raises `NonFiniteLossError` naming the step before
-    any parameter update; the last checkpoint on disk is left untouched.
+  * A non-finite log q, log P, log a, log π, pseudo-reward, loss or gradient raises `NonFiniteLossError` naming
+    the step and the value (a target's factor by its name) before any state of that step (Ẑ, baseline, parameters,
+    optimiser) is updated or saved; the last checkpoint on disk is left untouched. `max_consecutive_skips` steps
+    in a row with no target mass raise `ZeroTargetMassError` with the measured base rate.
+  * Files: a fresh run refuses an out_dir that already holds a run (resume=True continues it, overwrite=True
+    replaces it); nothing on disk changes before the first record, so a run that fails validation writes nothing;
+    history.jsonl is append-only (rewritten atomically only when a resume drops the rows past its checkpoint).
   * Several processes (torchrun, see fdpg_core/distributed.py and docs/DISTRIBUTED.md): batch_size is the
     global batch; rank r samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the
     per-sample scalars (log q, log P, log a, features, log π) are all-gathered so Ẑ_c, the baseline, the
@@ -46,6 +51,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
@@ -56,23 +62,27 @@ from tqdm.auto import tqdm
 from fdpg_core import distributed as dist_
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
-from fdpg_core.losses import fdpg_loss, pseudo_reward
-from fdpg_core.sampling import Samples, decode, sample, score
+from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
+from fdpg_core.sampling import Samples, _vocab_size, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
-__all__ = ["FDPGConfig", "NonFiniteLossError", "train", "CHECKPOINT_NAME", "HISTORY_NAME"]
+__all__ = ["FDPGConfig", "NonFiniteLossError", "ZeroTargetMassError", "train", "CHECKPOINT_NAME", "HISTORY_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_NAME = "history.jsonl"
 
 _BASELINES = ("ema", "window", "none")
 _PROPOSALS = ("online", "offline")
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # config fields that may change between a run and its resume
-_RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress"}
+_RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress", "overwrite",
+              "max_consecutive_skips"}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped at a step whose pseudo-reward, loss or gradient is not finite."""
+class ZeroTargetMassError(RuntimeError):
+    """Training stopped after `FDPGConfig.max_consecutive_skips` steps in a row were skipped because no sample of
+    their contexts had P(x) > 0 (the history and the checkpoint up to that step are kept)."""
 
 
 @dataclass
@@ -136,6 +146,12 @@ class FDPGConfig:
     """filler after EOS; None = tokenizer.pad_token_id, then the EOS id."""
     progress: bool = True
     """show a tqdm progress bar."""
+    overwrite: bool = False
+    """a fresh run (resume=False) into an out_dir that already holds a run (checkpoint.pt, or history.jsonl with
+    records) raises unless True; True deletes that run's files when the new run writes its first record."""
+    max_consecutive_skips: int | None = 10
+    """stop with ZeroTargetMassError after this many steps in a row were skipped (no sample of the batch's contexts
+    has P(x) > 0 so far: e.g. a constraint far rarer than 1 / batch_size); None = never stop."""
 
     def __post_init__(self):
         bad = []
@@ -160,7 +176,10 @@ class FDPGConfig:
                                                   and self.batch_size % self.samples_per_context == 0),
              "samples_per_context", "None or an int >= 1 dividing batch_size")
         need(is_int(self.max_new_tokens, 1), "max_new_tokens", "int >= 1")
-        need(is_num(self.lr) and self.lr > 0, "lr", "finite float > 0")
+        beta1 = self.adam_betas[0] if isinstance(self.adam_betas, (tuple, list)) and self.adam_betas and \
+            is_num(self.adam_betas[0]) and 0 <= self.adam_betas[0] < 1 else 0.9
+        need(is_num(self.lr) and 0 < self.lr < _FLOAT32_MAX * (1 - beta1), "lr",
+             "finite float > 0 whose first Adam step lr / (1 - adam_betas[0]) stays below the float32 maximum 3.4e38")
         need(is_int(self.warmup_steps, 0), "warmup_steps", "int >= 0")
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
@@ -173,7 +192,7 @@ class FDPGConfig:
         need(is_num(self.baseline_ema) and 0 <= self.baseline_ema < 1, "baseline_ema", "float in [0, 1)")
         need(is_int(self.baseline_window, 1), "baseline_window", "int >= 1")
         need(self.proposal in _PROPOSALS, "proposal", list(_PROPOSALS))
-        need(is_int(self.seed, 0), "seed", "int >= 0")
+        need(is_int(self.seed, 0) and self.seed < 2 ** 63, "seed", "int in [0, 2**63)")
         need(is_int(self.log_every, 1), "log_every", "int >= 1")
         need(self.eval_every is None or is_int(self.eval_every, 1), "eval_every", "None or int >= 1")
         need(self.checkpoint_every is None or is_int(self.checkpoint_every, 1), "checkpoint_every",
@@ -182,8 +201,18 @@ class FDPGConfig:
         need(self.eos_token_id is None or is_int(self.eos_token_id, 0), "eos_token_id", "None or int >= 0")
         need(self.pad_token_id is None or is_int(self.pad_token_id, 0), "pad_token_id", "None or int >= 0")
         need(isinstance(self.progress, bool), "progress", "True or False")
+        need(self.device is None or _is_device(self.device), "device",
+             f"None (the policy's device) or a torch device of type {list(_DEVICE_TYPES)}, e.g. 'cpu', 'cuda', "
+             "'cuda:1'")
+        need(isinstance(self.overwrite, bool), "overwrite", "True or False")
+        need(self.max_consecutive_skips is None or is_int(self.max_consecutive_skips, 1), "max_consecutive_skips",
+             "None or int >= 1")
         if bad:
             raise ValueError("FDPGConfig: invalid value(s): " + "; ".join(bad))
+
+    def validate(self) -> None:
+        """Check every field again (train() calls it, so a field changed after construction is checked too)."""
+        self.__post_init__()
 
     @classmethod
     def from_dict(cls, d: dict) -> "FDPGConfig":
@@ -211,6 +240,15 @@ def _reject_unknown_keys(init):
 
 
 FDPGConfig.__init__ = _reject_unknown_keys(FDPGConfig.__init__)
+
+
+def _is_device(x) -> bool:
+    if not isinstance(x, (str, torch.device)):
+        return False
+    try:
+        return torch.device(x).type in _DEVICE_TYPES
+    except RuntimeError:  # e.g. 'gpu'
+        return False
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -293,25 +331,268 @@ def _set_rng_state(st: dict, gen: torch.Generator) -> None:
 
 def _save(path: str, obj: dict) -> None:
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+    except Exception as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(f"could not write the checkpoint {path!r} ({type(e).__name__}: {e}); the previous checkpoint, "
+                      "if any, is unchanged. Free disk space or choose another out_dir, then resume") from e
 
 
 def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
-    eos = cfg.eos_token_id
+    eos, eos_from = cfg.eos_token_id, "config.eos_token_id"
     if eos is None and tokenizer is not None:
-        eos = getattr(tokenizer, "eos_token_id", None)
+        eos, eos_from = getattr(tokenizer, "eos_token_id", None), "tokenizer.eos_token_id"
     if eos is None:
-        eos = getattr(policy.config, "eos_token_id", None)
+        eos, eos_from = getattr(getattr(policy, "config", None), "eos_token_id", None), "policy.config.eos_token_id"
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-    pad = cfg.pad_token_id
+    pad, pad_from = cfg.pad_token_id, "config.pad_token_id"
     if pad is None and tokenizer is not None:
-        pad = getattr(tokenizer, "pad_token_id", None)
-    pad = eos if pad is None else pad
+        pad, pad_from = getattr(tokenizer, "pad_token_id", None), "tokenizer.pad_token_id"
+    if pad is None:
+        pad, pad_from = eos, f"the EOS id, {eos_from}"
     if pad is None:
         raise ValueError("train: no pad token id (config.pad_token_id, tokenizer.pad_token_id and the EOS id are "
                          "all None); set FDPGConfig.pad_token_id")
+    try:
+        V = _vocab_size(policy)
+    except (AttributeError, TypeError):  # not an HF model: sample() checks the ids
+        return eos, pad
+    for name, value, src in (("eos_token_id", eos, eos_from), ("pad_token_id", pad, pad_from)):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < V):
+            raise ValueError(f"train: {name}={value!r} (from {src}) is outside the policy's vocabulary; allowed: an "
+                             f"int in [0, {V}). Set FDPGConfig({name}=...) to an id of the policy's tokenizer")
     return eos, pad
+
+
+def _resolve_device(cfg: FDPGConfig, policy) -> torch.device:
+    """config.device (checked to exist on this machine), else the policy's device."""
+    if cfg.device is None:
+        p = next(policy.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train: device={cfg.device!r} but CUDA is not available here (torch {torch.__version__}: "
+                         "torch.cuda.is_available() is False); allowed: 'cpu', or None for the policy's device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"train: device={cfg.device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s); allowed: 'cuda', or 'cuda:i' with i in [0, {torch.cuda.device_count()})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train: device={cfg.device!r} but MPS is not available here; allowed: 'cpu', or None")
+    return device
+
+
+def _check_prompts(prompt_ids: Tensor) -> None:
+    if prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
+        raise ValueError(f"train: prompt_ids has shape {tuple(prompt_ids.shape)}; allowed: (C, Tp) with C >= 1 "
+                         "contexts of Tp >= 1 tokens (bos_prompts(1, bos_id) for an unconditional target)")
+
+
+def _trainable(policy: torch.nn.Module) -> list[Tensor]:
+    """The parameters Adam updates; a policy with none (frozen) raises."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        n = sum(1 for _ in policy.parameters())
+        raise ValueError(f"train: the policy has no trainable parameter ({n} parameter tensor(s), none with "
+                         "requires_grad=True); call policy.requires_grad_(True) (or unfreeze the layers to train)")
+    return params
+
+
+def _check_precision(policy: torch.nn.Module) -> None:
+    """Refuse trainable parameters in bfloat16 / float16. An Adam step changes a weight by about lr, far below the
+    spacing of those formats (bfloat16 keeps 8 significant bits: a weight of 0.05 moves in steps of 2.4e-4), so
+    most updates would be rounded away and the policy would silently barely train."""
+    low = [(n, p.dtype) for n, p in policy.named_parameters()
+           if p.requires_grad and p.dtype not in (torch.float32, torch.float64)]
+    if low:
+        raise ValueError(f"train: {len(low)} trainable parameter tensor(s) of the policy are {low[0][1]} (e.g. "
+                         f"{low[0][0]!r}); Adam updates of size lr are mostly rounded away in that format. Call "
+                         "policy.float() before train() (allowed: float32 or float64 parameters; the target's base "
+                         "model may stay in low precision)")
+
+
+def _existing_run(out_dir: str) -> str | None:
+    """What of a run out_dir holds (checkpoint.pt, history.jsonl with records), or None."""
+    found = []
+    if os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
+        found.append(CHECKPOINT_NAME)
+    hist = os.path.join(out_dir, HISTORY_NAME)
+    if os.path.exists(hist) and os.path.getsize(hist) > 0:
+        with open(hist, "rb") as fh:
+            found.append(f"{HISTORY_NAME} with {sum(1 for line in fh if line.strip())} record(s)")
+    return " and ".join(found) or None
+
+
+def _refuse_existing_run(out_dir: str | None, resume: bool, overwrite: bool, rank0: bool) -> None:
+    """A fresh run never replaces a run silently (rank 0 looks; every rank raises)."""
+    if out_dir is None or resume or overwrite:
+        return
+    found = dist_.broadcast_object(_existing_run(out_dir) if rank0 else None)
+    if found:
+        raise FileExistsError(f"train: out_dir={out_dir!r} already holds a run ({found}); a fresh run (resume=False) "
+                              "would replace it. Allowed: train(..., resume=True) to continue it, "
+                              "FDPGConfig(overwrite=True) to replace it, or another out_dir")
+
+
+class _History:
+    """Rank 0's history.jsonl, append-only. Nothing on disk changes before `start()` (called by the first record or
+    checkpoint), so a run that fails before its first step writes nothing. start() removes `stale` files (the
+    checkpoint of a run being overwritten) and replaces the file atomically with the `kept` rows (a resume's rows
+    before its checkpoint; none for a fresh run); each record is then appended and flushed."""
+
+    def __init__(self, path: str, kept: list[dict], stale: Sequence[str] = ()):
+        # a copy of `kept`: train's `history` list grows with every record
+        self.path, self.kept, self.stale, self.started = path, list(kept), list(stale), False
+
+    def start(self) -> None:
+        if self.started:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        for p in self.stale:
+            if os.path.exists(p):
+                os.remove(p)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.kept)
+        os.replace(tmp, self.path)  # atomic: the old file or the new one, never half of it
+        self.started = True
+
+    def append(self, rec: dict) -> None:
+        self.start()
+        line = json.dumps(rec, allow_nan=False) + "\n"
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(line)
+                fh.flush()
+        except OSError as e:
+            raise OSError(f"could not append the record of step {rec.get('step')} to {self.path!r} ({e}); the "
+                          "records before it are kept. Free disk space, then resume") from e
+
+
+def _read_history(path: str, step: int) -> list[dict]:
+    """The records of history.jsonl before `step` (the checkpoint's). Records at or past it, and an unparsable
+    (torn) tail left by a killed run, are dropped with a warning; an unparsable line followed by a record before
+    `step` raises ValueError naming the file and the line."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as fh:  # bytes: a torn UTF-8 character is a parse error, not a crash
+        lines = fh.read().split(b"\n")
+    kept, past, torn = [], 0, []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
+        except ValueError:
+            ok = False
+        if not ok:
+            torn.append(i)
+        elif rec["step"] >= step:
+            past += 1
+        elif torn:
+            raise ValueError(f"train(resume=True): {path!r} line {torn[0]} is not a history record (not valid JSON "
+                             f"with an int 'step'), but records before the checkpoint's step {step} follow it "
+                             f"(line {i}). Allowed: repair or delete line {torn[0]} and resume again")
+        else:
+            kept.append(rec)
+    if past or torn:
+        warnings.warn(f"train(resume=True): {path!r}: dropped {past} record(s) at or past the checkpoint's step {step} "
+                      f"(this run recomputes them)" + (f" and {len(torn)} unparsable line(s) at the end ({torn[:5]}; a "
+                                                       "record torn by a killed run)" if torn else ""), stacklevel=3)
+    return kept
+
+
+def _load_checkpoint(path: str) -> dict:
+    """torch.load of our own checkpoint (python RNG tuples: weights_only=False) on the CPU; errors name the file."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, garbage bytes, unreadable file, ...
+        raise ValueError(f"train(resume=True): cannot read the checkpoint {path!r} ({type(e).__name__}: "
+                         f"{str(e)[:200]}); it is truncated or corrupt. Allowed: restore an intact copy, or start "
+                         "again with resume=False and FDPGConfig(overwrite=True)") from e
+    need = ("config", "policy", "optimizer", "scheduler", "state", "rng")
+    missing = [k for k in need if k not in ck] if isinstance(ck, dict) else list(need)
+    if missing:
+        raise ValueError(f"train(resume=True): {path!r} is not an f-DPG checkpoint (missing {missing}); allowed: the "
+                         "checkpoint.pt that train() wrote into this out_dir")
+    return ck
+
+
+def _non_finite_inputs(log_q: Tensor, scored: Scored, cfg: FDPGConfig, online: bool, W: int) -> str | None:
+    """Why this batch cannot update Ẑ, or None: log q must be finite (a drawn sample has q(x) > 0), log P and log a
+    must not be NaN or +inf (−inf = zero mass). One host sync. With W processes, names the rank whose rows hold
+    the first bad value (rank r holds rows [r·B/W, (r+1)·B/W) of the gathered columns)."""
+    bad_q = ~torch.isfinite(log_q)  # (B,)
+    bad_P = torch.isnan(scored.log_P) | (scored.log_P == math.inf)
+    bad_a = torch.isnan(scored.log_a) | (scored.log_a == math.inf)
+    n_q, n_P, n_a = torch.stack([bad_q.sum(), bad_P.sum(), bad_a.sum()]).tolist()
+    if not (n_q or n_P or n_a):
+        return None
+    B = log_q.numel()
+    bad = bad_q if n_q else (bad_P if n_P else bad_a)
+    where = f" (first on rank {int(bad.nonzero()[0, 0]) // (B // W)} of {W})" if W > 1 else ""
+    if n_q:
+        who = (f"the policy (q = π_θ online): its parameters may have diverged (lr={cfg.lr:g}); lower lr or set "
+               "max_grad_norm") if online else "the proposal q: check the proposal model"
+        return (f"log q of the samples is not finite on {int(n_q)} of {B} samples{where} (e.g. "
+                f"{log_q[bad_q][0].item()}); a drawn sample has a finite log q. Check the sampler (a custom sampler "
+                f"must return each sample's log q) and {who}")
+    if n_P:
+        return (f"the target returned log P = NaN or +inf on {int(n_P)} of {B} samples{where}; allowed: finite or "
+                "-inf (zero mass). Check the target's scorers")
+    return (f"the target returned log a = NaN or +inf on {int(n_a)} of {B} samples{where} (KL(π‖a) would be "
+            "meaningless); allowed: finite or -inf. Check the target's base model a")
+
+
+def _bad_reward_message(div: Divergence, log_pi: Tensor, log_P: Tensor) -> str:
+    """Why −f′ is not finite on a micro-batch: a non-finite log π (a diverged policy), or log P = −inf for a
+    divergence whose f′ is infinite there."""
+    bad_pi = ~torch.isfinite(log_pi)
+    if bad_pi.any():
+        return (f"log π_θ of the samples is not finite on {int(bad_pi.sum())} of {log_pi.numel()} samples (e.g. "
+                f"{log_pi[bad_pi][0].item()}): the policy's outputs are NaN or infinite, its parameters may have "
+                "diverged; lower lr or set max_grad_norm")
+    return (f"non-finite pseudo-reward −f′ for divergence {div.name!r} (log P = −inf "
+            f"on {int((log_P == -math.inf).sum())} samples; reverse KL needs a finite log_b "
+            "floor, e.g. BinaryFactor(..., log_floor=-10), or use kl/js/tv)")
+
+
+def _bad_loss_message(loss: Tensor, log_pi: Tensor, log_q: Tensor, online: bool) -> str:
+    msg = f"non-finite loss {loss.item()}"
+    if not online:
+        m = (log_pi.detach() - log_q.to(log_pi.dtype)).max().item()
+        msg += (f" (the largest log importance weight log π_θ/q is {m:.4g}: π_θ has moved far from the proposal q; "
+                "lower lr or set max_grad_norm)")
+    return msg
+
+
+def _check_params_finite(policy: torch.nn.Module, step: int, ckpt_path: str) -> None:
+    """Before a checkpoint: the update of `step` must have left every parameter finite (else the checkpoint on disk
+    is kept as it is)."""
+    named = list(policy.named_parameters())
+    ok = torch.stack([torch.isfinite(p.detach()).all().to(named[0][1].device) for _, p in named]).tolist()  # 1 sync
+    bad = [n for (n, _), good in zip(named, ok) if not good]
+    if bad:
+        raise NonFiniteLossError(f"f-DPG stopped after the update of step {step}: {len(bad)} parameter tensor(s) "
+                                 f"became non-finite (e.g. {bad[0]!r}); lower lr or set max_grad_norm. "
+                                 f"{ckpt_path!r} was not overwritten")
+
+
+def _count_skip(cfg: FDPGConfig, st: dict, step: int, B: int) -> None:
+    """One more skipped step in a row; ZeroTargetMassError after config.max_consecutive_skips of them."""
+    st["skips_in_a_row"] = st.get("skips_in_a_row", 0) + 1
+    K, n = cfg.max_consecutive_skips, st["skips_in_a_row"]
+    if K is not None and n >= K:
+        raise ZeroTargetMassError(
+            f"f-DPG stopped at step {step}: {n} steps in a row were skipped because no sample of their contexts has "
+            f"P(x) > 0 yet (measured base rate of P(x) > 0: 0 of the last {n * B} samples, below {1 / (n * B):.2g}). "
+            "Allowed fixes: a finite floor on the constraint (BinaryFactor(..., log_floor=-10)), a proposal that "
+            "reaches the target (proposal='offline' with train(..., proposal=q)), more samples per step "
+            "(batch_size), or FDPGConfig(max_consecutive_skips=None) to go on. The history and checkpoints up to "
+            "this step are kept")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -330,8 +611,10 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     proposal: offline mode only: the initial proposal q (e.g. the base model a when π_θ starts elsewhere);
         default a frozen copy of `policy`. It is copied, never modified.
     resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline,
-        proposal, RNG states); history.jsonl is truncated to the checkpoint's step. With several processes: the
-        same world size, every rank reading the same out_dir.
+        proposal, RNG states); the records of history.jsonl at or past the checkpoint's step (and a torn last
+        line) are dropped with a warning when the run writes its first record. With several processes: the
+        same world size, every rank reading the same out_dir. Without resume, an out_dir that already holds a
+        run raises FileExistsError unless config.overwrite.
     sampler: draws the batch, called like sampling.sample(model, prompt_ids, prompt_mask, max_new_tokens, *,
         eos_token_id, pad_token_id, context_ids, generator) -> Samples (default sampling.sample); it must return
         pure ancestral samples of `model` with their log q. A hook for tests (inject known samples) and for
@@ -345,8 +628,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     (offline) proposal/{ess, kl_p_q, replaced}; plus metrics_fn's keys.
     """
     cfg = config if isinstance(config, FDPGConfig) else FDPGConfig.from_dict(config)
+    cfg.validate()  # fields may have been changed after construction
     div = get_divergence(cfg.divergence)
-    device = torch.device(cfg.device) if cfg.device is not None else next(policy.parameters()).device
+    device = _resolve_device(cfg, policy)
     device = dist_.local_device(device, keep_index=cfg.device is not None and device.index is not None)
     rank, W = dist_.init_distributed(device)  # (0, 1) in a plain process; joins torchrun's group otherwise
     dist_.check_backend(device)
@@ -358,6 +642,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
         raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
                          f"and {tuple(prompt_mask.shape)}")
+    _check_prompts(prompt_ids)
     eos, pad = _resolve_ids(cfg, policy, tokenizer)
     C, B, k = prompt_ids.shape[0], cfg.batch_size, cfg.grad_accum
     if B % (W * k):
@@ -375,7 +660,8 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
 
     # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = _trainable(policy)
+    _check_precision(policy)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
     warm = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
@@ -393,13 +679,16 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
           "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
           "samples_seen": 0, "skipped": 0, "replaced": 0}
     history: list[dict] = []
+    _refuse_existing_run(out_dir, resume, cfg.overwrite, rank0)
+    hist_file = None if hist_path is None or not rank0 else _History(hist_path, [], stale=[] if resume else [ckpt_path])
     if resume:
         if ckpt_path is None or not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"train(resume=True): no checkpoint at {ckpt_path!r} (config.out_dir="
                                     f"{cfg.out_dir!r})")
         # our own file (python RNG tuples): weights_only=False. Load on CPU: RNG states must stay CPU ByteTensors;
         # load_state_dict copies tensors onto the modules' / optimizer's device.
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = _load_checkpoint(ckpt_path)
+        kept = _read_history(hist_path, ck["state"]["step"]) if hist_file is not None else []  # before any change
         saved, now = ck["config"], cfg.to_dict()
         diff = {key: (saved.get(key), now[key]) for key in now if key not in _RESUMABLE and saved.get(key) != now[key]}
         if diff:
@@ -417,33 +706,28 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
         st = ck["state"]
         st = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in st.items()}
         _set_rng_state(ck["rng_per_rank"][rank] if W > 1 else ck["rng"], gen)
-        if rank0 and hist_path and os.path.exists(hist_path):
-            with open(hist_path) as fh:
-                history = [r for r in map(json.loads, fh) if r["step"] < st["step"]]
-            with open(hist_path, "w") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in history)
+        if hist_file is not None:  # rewritten (atomically) when this run writes its first record
+            history, hist_file = kept, _History(hist_path, kept)
         history = dist_.broadcast_object(history)
-    elif out_dir is not None and rank0:
-        os.makedirs(out_dir, exist_ok=True)
-        open(hist_path, "w").close()
 
     def emit(rec: dict) -> None:
         rec = _jsonable(rec)
         history.append(rec)
         if not rank0:
             return
-        if hist_path:
-            with open(hist_path, "a") as fh:
-                fh.write(json.dumps(rec, allow_nan=False) + "\n")
+        if hist_file is not None:
+            hist_file.append(rec)
         for cb in callbacks:
             cb(rec, policy)
 
     def checkpoint(next_step: int) -> None:  # collective: every rank calls it (RNG states gathered to rank 0)
         if ckpt_path is None:
             return
+        _check_params_finite(policy, next_step - 1, ckpt_path)  # the same parameters on every rank
         rngs = dist_.gather_objects(_rng_state(gen))  # [rank 0's, …] on rank 0
         if not rank0:
             return
+        hist_file.start()  # the history is rewritten before a checkpoint of this run replaces the old one
         _save(ckpt_path, {"config": cfg.to_dict(), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(),
                           "proposal": None if proposal is None else proposal.state_dict(),
@@ -480,11 +764,15 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 decode(samples, tokenizer)
 
             # 3. target: log a, log P, features (local), gathered over ranks; then Ẑ_c (cumulative, BEFORE the loss)
-            scored = _score_target(target, samples, k, device)
+            try:
+                scored = _score_target(target, samples, k, device)
+            except NonFiniteLossError as e:  # Target.score names the factor
+                raise fail(step, str(e)) from None
             log_q, scored = _gather_scored(samples.log_q, scored)  # (B,) log q(x), no grad; global row order
             log_P = scored.log_P  # (B,)
-            if torch.isnan(log_P).any() or (log_P == math.inf).any():
-                raise ValueError(f"f-DPG step {step}: the target returned log P = NaN or +inf; allowed: finite or -inf")
+            msg = _non_finite_inputs(log_q, scored, cfg, online, W)  # checked before Ẑ is updated
+            if msg:
+                raise fail(step, msg)
             st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, log_P - log_q)
             log_Z_c = st["log_S"] - torch.log(st["count"])  # (C,) log Ẑ_c (NaN for unseen contexts)
             log_Z_rows = log_Z_c[rows]  # (B,)
@@ -500,7 +788,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 if ckpt_path and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
                                   or step + 1 == cfg.n_steps):
                     checkpoint(step + 1)
+                _count_skip(cfg, st, step, B)  # raises after max_consecutive_skips in a row
                 continue
+            st["skips_in_a_row"] = 0
 
             # 4. loss over this rank's micro-batches: Σ_j fdpg_loss(micro_j)·n_j/n (n = global valid rows), summed
             #    over ranks = the full-batch mean; backward each, then one all-reduce (SUM) of the gradients
@@ -523,14 +813,12 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                     lp_v = lp
                 fp = -pseudo_reward(lp_v.detach(), lP, lZ, div)  # f′(t) (n_j,)
                 if not torch.isfinite(fp).all():
-                    bad = (f"non-finite pseudo-reward −f′ for divergence {div.name!r} (log P = −inf "
-                           f"on {int((lP == -math.inf).sum())} samples; reverse KL needs a finite log_b "
-                           "floor, e.g. BinaryFactor(..., log_floor=-10), or use kl/js/tv)")
+                    bad = _bad_reward_message(div, lp_v.detach(), lP)
                     break
                 loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if online else lq, baseline=b_used)
                 loss = loss * (n_valid_micro[j] / n_valid)  # micro-batch weight n_j / n
                 if not torch.isfinite(loss):
-                    bad = f"non-finite loss {loss.item()}"
+                    bad = _bad_loss_message(loss, lp_v, lq, online)
                     break
                 loss.backward()
                 loss_sum += loss.detach()

@@ -133,6 +133,25 @@ def _nonfinite_job(out_dir):
     return None
 
 
+def _nan_log_q_job(out_dir):
+    """Rank 1's sampler returns one NaN log q in its second batch: checked on the gathered columns, before Ẑ."""
+    batches = []
+
+    def sampler(*a, **kw):
+        s = sample(*a, **kw)
+        batches.append(1)
+        if distributed.rank() == 1 and len(batches) == 2:
+            s.log_q[3] = float("nan")
+        return s
+    pb = make_toy_problem("scalar")
+    try:
+        train(pb.policy, pb.target, pb.prompts, _cfg(n_steps=4, checkpoint_every=1, out_dir=str(out_dir)),
+              sampler=sampler)
+    except NonFiniteLossError as e:
+        return str(e)
+    return None
+
+
 def _batch_split_job():
     pb = _conditional()
     try:
@@ -149,6 +168,7 @@ def _rank_main(rank, world, store, root):
     res = {kind: _invariance_job(kind, root / f"{kind}_w{world}") for kind in INVARIANCE}
     res["resume"] = _resume_job(root / "resume")
     res["nonfinite"] = _nonfinite_job(root / "nonfinite")
+    res["nan_log_q"] = _nan_log_q_job(root / "nan_log_q")
     res["batch_split"] = _batch_split_job()
     torch.save(res, root / f"rank{rank}.pt")
     dist.barrier()
@@ -238,6 +258,17 @@ def test_non_finite_on_one_rank_stops_every_rank_and_batch_split_is_checked(two_
     for r in range(W):
         assert "batch_size=15" in res[r]["batch_split"] and "world_size · grad_accum = 2 · 3 = 6" in \
             res[r]["batch_split"]
+
+
+def test_a_non_finite_log_q_on_one_rank_stops_every_rank_naming_it(two_ranks):
+    root, res = two_ranks
+    msgs = [res[r]["nan_log_q"] for r in range(W)]
+    assert msgs[0] == msgs[1] and msgs[0] is not None
+    assert "step 1: log q of the samples is not finite on 1 of 16 samples (first on rank 1 of 2)" in msgs[0]
+    ck = torch.load(root / "nan_log_q" / "checkpoint.pt", weights_only=False)
+    assert ck["state"]["step"] == 1 and torch.isfinite(ck["state"]["log_S"]).all()  # Ẑ never saw the NaN
+    with open(root / "nan_log_q" / "history.jsonl") as fh:
+        assert [json.loads(line)["step"] for line in fh] == [0]
 
 
 def _launch(worker_args, timeout):
