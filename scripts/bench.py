@@ -6,7 +6,7 @@
     python scripts/bench.py --device cuda --cuda-tests
                                             # the GPU run (≈ 3 min on an H200): the sampler's tests (CUDA ones
                                             # included) then the benchmark; outputs also copied into $OUT if set
-    python scripts/bench.py --only matmul_flop_s,precision
+    python scripts/bench.py --only precision
                                             # the mixed-precision rows alone (≈ 10 min on 2 shared cores)
                                             #   -> figures/bench/<machine>-partial.{json,md}
 
@@ -212,6 +212,18 @@ def prompts(B: int, Tp: int, vocab: int, device="cpu", seed: int = 0):
     ids[torch.arange(B), Tp - lens] = BOS
     ids = ids.masked_fill(mask == 0, PAD)
     return ids.to(device), mask.to(device)
+
+
+TEXT_PROMPTS = ("Once upon a time", "The weather today is", "Write a short poem about the sea.", "My favourite food is",
+                "In 1905, Albert Einstein", "The best way to learn Python is", "Dear customer,", "The movie was")
+
+
+def text_prompts(tok, B: int, device="cpu"):
+    """B left-padded English prompts (TEXT_PROMPTS, cycled), ids (B, Tp) and mask (B, Tp)."""
+    from fdpg_core.sampling import left_pad
+
+    seqs = [tok.encode(TEXT_PROMPTS[i % len(TEXT_PROMPTS)]) for i in range(B)]
+    return left_pad(seqs, tok.pad_token_id if tok.pad_token_id is not None else PAD, device)
 
 
 def generate(model, ids, mask, T: int, eos=None, temperature: float = 1.0):
@@ -503,13 +515,14 @@ def exactness(model, B, Tp, T, device, eos=None) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # 5. Mixed precision: fp32 vs bf16 (samples from a bf16 copy, importance weights π_θ/q)
 # ----------------------------------------------------------------------------------------------------------------
-def precision_sampling_case(name, model, B, Tp, T, reps, device, note=""):
-    """Tokens/s of sample() from the fp32 model and from its bf16 copy (impl="auto"), and of generate() fp32."""
+def precision_sampling_case(name, model, ids, mask, T, reps, device, note=""):
+    """Tokens/s of sample() from the fp32 model and from its bf16 copy (impl="auto"), and of generate() fp32, on the
+    left-padded prompts ids, mask (B, Tp)."""
     from fdpg_core.precision import MixedPrecision
     from fdpg_core.sampling import sample
 
     V = model.get_output_embeddings().weight.shape[0]
-    ids, mask = prompts(B, Tp, V, device)
+    B, Tp = ids.shape
     q_model = MixedPrecision("bf16", device).sampler_model(model)
     gen = torch.Generator(device=device).manual_seed(0)
     out = {}
@@ -532,7 +545,7 @@ def precision_sampling_case(name, model, B, Tp, T, reps, device, note=""):
             "ours_fp32_over_generate": med["generate_fp32"] / med["ours_fp32"]}
 
 
-def make_precision_step(policy, target, opt, precision, B, Tp, T, device, ess_log: list):
+def make_precision_step(policy, target, opt, precision, ids, mask, T, device, ess_log: list):
     """One f-DPG step as train() takes it at FDPGConfig.precision=`precision`: x ~ q (π_θ, or its bf16 copy
     refreshed now), target.score, log π_θ (under bf16 autocast in bf16), fdpg_loss with weights π_θ/q, backward, Adam.
     Appends the ESS fraction of the weights (1 when q = π_θ) to ess_log."""
@@ -542,8 +555,6 @@ def make_precision_step(policy, target, opt, precision, B, Tp, T, device, ess_lo
     from fdpg_core.sampling import sample, score
 
     prec = MixedPrecision(precision, device)
-    V = policy.get_output_embeddings().weight.shape[0]
-    ids, mask = prompts(B, Tp, V, device)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step():
@@ -560,13 +571,17 @@ def make_precision_step(policy, target, opt, precision, B, Tp, T, device, ess_lo
     return step
 
 
-def precision_step_case(name, model, B, Tp, T, reps, device, note=""):
-    """f-DPG step samples/s at precision fp32, bf16, and bf16 with a bf16 base; ESS; the bf16 base's log a shift."""
+def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: int = 2048):
+    """f-DPG step samples/s at precision fp32, bf16, and bf16 with a bf16 base on the prompts ids, mask (B, Tp); the
+    ESS of the weights at every bf16 step; the shift of log a when the base is scored in bf16. The fp32 and bf16
+    matmul peaks (mm_n² products) are timed in the same interleaved rounds as the steps, so that the efficiencies
+    compare throughputs measured under the same load."""
     from fdpg_core.precision import bf16_copy
     from fdpg_core.sampling import sample, score
     from fdpg_core.targets import ScalarFactor, Target
 
     V = model.get_output_embeddings().weight.shape[0]
+    B, Tp = ids.shape
     base = model.requires_grad_(False)
     base16 = bf16_copy(base)
     policy = copy.deepcopy(base).requires_grad_(True)
@@ -577,17 +592,25 @@ def precision_step_case(name, model, B, Tp, T, reps, device, note=""):
     r = _factor(V)
     factor = ScalarFactor("low_half", lambda s: r(s.tokens, s.mask), 0.5)
     ess_log = {"bf16": [], "bf16_base_bf16": []}
-    steps = {"fp32": make_precision_step(policy, Target(base) * factor, opt, "fp32", B, Tp, T, device, []),
-             "bf16": make_precision_step(policy, Target(base) * factor, opt, "bf16", B, Tp, T, device,
+    steps = {"fp32": make_precision_step(policy, Target(base) * factor, opt, "fp32", ids, mask, T, device, []),
+             "bf16": make_precision_step(policy, Target(base) * factor, opt, "bf16", ids, mask, T, device,
                                          ess_log["bf16"]),
-             "bf16_base_bf16": make_precision_step(policy, Target(base16) * factor, opt, "bf16", B, Tp, T, device,
-                                                   ess_log["bf16_base_bf16"])}
-    t = interleaved(steps, reps, device)
+             "bf16_base_bf16": make_precision_step(policy, Target(base16) * factor, opt, "bf16", ids, mask, T,
+                                                   device, ess_log["bf16_base_bf16"])}
+    g = torch.Generator(device=device).manual_seed(0)
+    mats = {dt: [torch.randn((mm_n, mm_n), generator=g, device=device).to(dt) for _ in range(2)]
+            for dt in (torch.float32, torch.bfloat16)}
+
+    def products(a, b):  # three n×n products, 6n³ FLOPs
+        return lambda: [a @ b for _ in range(3)]
+
+    peaks = {f"matmul_{str(dt).replace('torch.', '')}": products(*ab) for dt, ab in mats.items()}
+    t = interleaved(steps | peaks, reps, device)
+    mm = {k.removeprefix("matmul_"): 3 * 2 * mm_n ** 3 / statistics.median(t.pop(k)) for k in peaks}
     med = {k: statistics.median(v) for k, v in t.items()}
     N = matmul_params(base)
     fl = step_flops(N, B * T, B * T)
     # the base scored in bf16 instead of fp32: per-sequence shift of log a (what a bf16 base does to the target)
-    ids, mask = prompts(B, Tp, V, device, seed=5)
     s = sample(base16, ids, mask, T, eos_token_id=None, pad_token_id=PAD,
                generator=torch.Generator(device=device).manual_seed(5))
     with torch.no_grad():
@@ -598,42 +621,50 @@ def precision_step_case(name, model, B, Tp, T, reps, device, note=""):
             "bf16_over_fp32": med["fp32"] / med["bf16"],
             "bf16_base_bf16_over_fp32": med["fp32"] / med["bf16_base_bf16"],
             "n_matmul_params": N, "flops": fl, "achieved_flop_s": {k: fl["total"] / v for k, v in med.items()},
+            "matmul_flop_s": mm | {"n": mm_n},
+            "efficiency": {k: {f"vs_{dt}": fl["total"] / v / mm[dt] for dt in ("float32", "bfloat16")}
+                           for k, v in med.items()},
             "ess": {"min": min(every), "median": statistics.median(every), "every_step": every,
                     "bf16_base_bf16_min": min(ess_log["bf16_base_bf16"])},
             "log_a_bf16_minus_fp32": {"mean": shift.mean().item(), "std": shift.std().item(),
                                       "max_abs": shift.abs().max().item(), "T": T}}
 
 
-def precision_section(p: dict, device, res: dict, log=print) -> dict:
+def precision_section(p: dict, device, log=print) -> dict:
     """The mixed-precision rows: each model's sampling and step cases; efficiency against the matmul peaks."""
     from fdpg_core.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
     from fdpg_core.smollm import load_smollm2
 
     cfg = p["precision"]
-    if "matmul_flop_s" not in res:
-        res["matmul_flop_s"] = {str(dt).replace("torch.", ""): matmul_throughput(device, dt, p["mm_n"])
-                                for dt in (torch.float32, torch.bfloat16)} | {"n": p["mm_n"]}
-    peaks = res["matmul_flop_s"]
     out = {"impl": "auto", "bf16_units": has_bf16_units(device), "auto_precision": resolve_precision("auto", device),
            "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
-    models = [(cfg["gpt2"]["name"], lambda: gpt2(**cfg["gpt2"]["shape"], device=device), "random init")]
-    if cfg.get("smollm"):
-        if torch.device(device).type == "cuda":
-            models.append(("SmolLM2-135M", lambda: llama_smollm2_shape(device), "SmolLM2-135M shape, random init"))
-        else:
-            models.append(("SmolLM2-135M", lambda: load_smollm2()[0], "SmolLM2-135M-Instruct, real weights"))
-    for name, build, note in models:
-        try:
+    B, Tp, T = cfg["B"], cfg["Tp"], cfg["T"]
+
+    def random_model(build, note):  # random weights: random prompts (throughput; the weights' ESS is not typical)
+        def fn():
             m = build()
+            return m, *prompts(B, Tp, m.get_output_embeddings().weight.shape[0], device), note
+        return fn
+
+    def smollm2():  # real weights: English prompts, so the ESS is the one a user sees
+        m, tok = load_smollm2(device=device)
+        return m, *text_prompts(tok, B, device), "SmolLM2-135M-Instruct, real weights, text prompts"
+
+    models = [(cfg["gpt2"]["name"], random_model(lambda: gpt2(**cfg["gpt2"]["shape"], device=device),
+                                                 "random init"))]
+    if cfg.get("smollm"):
+        models.append(("SmolLM2-135M", random_model(lambda: llama_smollm2_shape(device),
+                                                    "SmolLM2-135M shape, random init")
+                       if torch.device(device).type == "cuda" else smollm2))
+    for name, build in models:
+        try:
+            m, ids, mask, note = build()
         except (FileNotFoundError, ImportError) as e:
             out.setdefault("skipped", {})[name] = str(e).splitlines()[0]
             continue
-        B, Tp, T = cfg["B"], cfg["Tp"], cfg["T"]
-        out["sampling"].append(precision_sampling_case(name, m, B, Tp, T, cfg["reps"], device, note))
+        out["sampling"].append(precision_sampling_case(name, m, ids, mask, T, cfg["reps"], device, note))
         log(f"[bench]   precision sampling {name}: bf16 x{out['sampling'][-1]['bf16_over_fp32']:.2f}")
-        row = precision_step_case(name, m, B, Tp, T, cfg["reps"], device, note)
-        row["efficiency"] = {side: {f"vs_{dt}": row["achieved_flop_s"][side] / peaks[dt]
-                                    for dt in ("float32", "bfloat16")} for side in row["median_s"]}
+        row = precision_step_case(name, m, ids, mask, T, cfg["reps"], device, note, p["mm_n"])
         out["fdpg_step"].append(row)
         log(f"[bench]   precision f-DPG {name}: bf16 x{row['bf16_over_fp32']:.2f}, ESS min {row['ess']['min']:.3f}")
         del m
@@ -665,7 +696,7 @@ def plan(device: str, quick: bool) -> dict:
             smollm=dict(B=16, T=16), fdpg=[
             dict(name="V5000 L4-E128", vocab=5000, n_layer=4, n_embd=128, n_head=4, B=64, Tp=8, T=32),
             dict(name="V50257 L4-E256", vocab=50257, n_layer=4, n_embd=256, n_head=4, B=32, Tp=8, T=24)],
-            memory=True, exact=[], bf16=False, precision=dict(reps=3, B=16, Tp=8, T=16, smollm=True, gpt2=GPT2_124M))
+            memory=True, exact=[], bf16=False, precision=dict(reps=5, B=16, Tp=8, T=16, smollm=True, gpt2=GPT2_124M))
     return dict(reps=7, dist_n=50000, mm_n=8192, sampling=[
         ("V256 L4-E128", dict(vocab=256, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
         ("V5000 L4-E128", dict(vocab=5000, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
@@ -816,7 +847,7 @@ def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = 
                 rows.append(dict(exactness(m.to(torch.bfloat16), B, Tp, T, device), name=name))
             return rows
         section("exactness", exact)
-    section("precision", lambda: precision_section(p, device, res, log))
+    section("precision", lambda: precision_section(p, device, log))
     res["load_avg_end"] = os.getloadavg()
     res["wall_s"] = time.time() - t_start
     write(res, out_dir)
@@ -845,12 +876,12 @@ def _precision_markdown(res: dict) -> list[str]:
     if not pr:
         return []
     tg = PRECISION_TARGETS
-    units = pr["bf16_units"]
+    units = pr["bf16_units"] and not res["quick"]  # targets: full sizes on hardware with bf16 units
     flags = ", ".join(pr["cpu_bf16_flags"]) or "none"
     where = f"{res['gpu']}" if "gpu" in res else f"{pr['cpu_model']}, bf16 flags: {flags}"
     L = ["", f"Mixed precision on {where} (precision=\"auto\" picks {pr['auto_precision']}); ours is "
-         f"sampling.sample(impl=\"{pr['impl']}\"), the default train() uses. Targets apply where the hardware has "
-         "bf16 units" + ("." if units else ": it has none here."), "",
+         f"sampling.sample(impl=\"{pr['impl']}\"), the default train() uses. Targets apply at full sizes where the "
+         "hardware has bf16 units" + ("." if pr["bf16_units"] else ": it has none here."), "",
          "| mixed precision: sampling tokens/s | configuration | ours fp32 | ours bf16 copy | generate() fp32 | "
          "bf16 / fp32 | target |", "|---|---|---|---|---|---|---|"]
     for row in pr["sampling"]:
@@ -860,22 +891,20 @@ def _precision_markdown(res: dict) -> list[str]:
                  f"**×{row['bf16_over_fp32']:.2f}** | "
                  f"{_met_x(row['bf16_over_fp32'], tg['sampling_bf16_over_fp32'], units)} |")
     L += ["", "| mixed precision: f-DPG step samples/s | configuration | fp32 | bf16 | bf16 / fp32 | target | "
-          "bf16, base in bf16 | ESS of π_θ/q (min) | target |", "|---|---|---|---|---|---|---|---|---|"]
+          "bf16, base in bf16 | ESS of π_θ/q: min (median) | target |", "|---|---|---|---|---|---|---|---|---|"]
     for row in pr["fdpg_step"]:
         sps, e = row["samples_per_s"], row["ess"]["min"]
         L.append(f"| f-DPG step samples/s, bf16 vs fp32 | {row['name']} ({row['note']}), B={row['B']}, T={row['T']} "
                  f"| {sps['fp32']:,.2f} | {sps['bf16']:,.2f} | **×{row['bf16_over_fp32']:.2f}** | "
                  f"{_met_x(row['bf16_over_fp32'], tg['step_bf16_over_fp32'], units)} | {sps['bf16_base_bf16']:,.2f} "
-                 f"(×{row['bf16_base_bf16_over_fp32']:.2f}) | {e:.3f} | "
+                 f"(×{row['bf16_base_bf16_over_fp32']:.2f}) | {e:.3f} ({row['ess']['median']:.3f}) | "
                  + (f"≥ {tg['ess']} {'met' if e >= tg['ess'] else 'NOT met'}" if units else "–") + " |")
-    mm = res["matmul_flop_s"]
-    L += ["", f"Matmul peaks measured in this run ({mm['n']}² products): fp32 {mm['float32'] / 1e9:,.0f} GFLOP/s, "
-          f"bf16 {mm['bfloat16'] / 1e9:,.0f} GFLOP/s.", "",
-          "| mixed-precision step efficiency | GFLOP/step | fp32 step / fp32 peak | bf16 step / bf16 peak | "
-          "bf16 step / fp32 peak |", "|---|---|---|---|---|"]
+    L += ["", "| mixed-precision step efficiency | GFLOP/step | matmul peaks fp32 / bf16 (interleaved with the steps) | "
+          "fp32 step / fp32 peak | bf16 step / bf16 peak | bf16 step / fp32 peak |", "|---|---|---|---|---|---|"]
     for row in pr["fdpg_step"]:
-        ef = row["efficiency"]
+        ef, mm = row["efficiency"], row["matmul_flop_s"]
         L.append(f"| {row['name']}, B={row['B']}, T={row['T']} | {row['flops']['total'] / 1e9:,.1f} | "
+                 f"{mm['float32'] / 1e9:,.0f} / {mm['bfloat16'] / 1e9:,.0f} GFLOP/s ({mm['n']}²) | "
                  f"{100 * ef['fp32']['vs_float32']:.1f} % | {100 * ef['bf16']['vs_bfloat16']:.1f} % | "
                  f"{100 * ef['bf16']['vs_float32']:.1f} % |")
     for row in pr["fdpg_step"]:
