@@ -920,9 +920,11 @@ def markdown(res: dict) -> str:
     L = [f"# Benchmark on `{res['machine']}`", "",
          f"torch {res['torch']}, transformers {res['transformers']}, {res['torch_threads']} threads; load average "
          f"{res['load_avg_start'][0]:.2f} at start, {res['load_avg_end'][0]:.2f} at end; {res['wall_s']:.0f} s. "
-         f"{res['method']}; {res['reps']} repetitions. Ours: sampling.sample(impl=\"{res.get('ours_impl', 'auto')}\")"
-         + (" (opt-in: torch.compile'd decode step; compiled in the warm-up round, compile time in the last "
-            "column)" if res.get("ours_impl") == "compile" else "") + ".", ""]
+         f"{res['method']}; {res['reps']} repetitions."
+         + (f" Ours: sampling.sample(impl=\"{res.get('ours_impl', 'auto')}\")"
+            + (" (opt-in: torch.compile'd decode step; compiled in the warm-up round, compile time in the last "
+               "column)" if res.get("ours_impl") == "compile" else "") + "."
+            if res.get("sampling") or res.get("fdpg_step") else ""), ""]
     cpu = res["device"] == "cpu" and not res["quick"]
     n_head = len(L)
     L += ["| comparison | configuration | ours | reference | ratio | target | compile |",
@@ -947,7 +949,8 @@ def markdown(res: dict) -> str:
                  + _fmt_compile(row) + " |")
     if len(L) == n_head + 2:  # no row (e.g. --only precision): no empty table
         del L[n_head:]
-    L.append("")
+    else:
+        L.append("")
     if "matmul_flop_s" in res and res.get("fdpg_step"):
         mm = res["matmul_flop_s"]
         L += [f"Matmul ceiling measured in this run ({mm['n']}² products): fp32 {mm['float32'] / 1e9:,.0f} GFLOP/s, "
