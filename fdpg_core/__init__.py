@@ -9,6 +9,7 @@ The public names a notebook needs are re-exported here; each lives in one small 
     sampling     KV-cached ancestral sampler (inverse-CDF draw) and teacher-forced scoring
     targets      composable targets p ∝ a·Π factors, λ fitting by moment matching
     train        FDPGConfig and the training loop (Algorithm 1)
+    precision    FDPGConfig(precision=...): fp32, or bf16 samples made exact by importance weights
     toy          enumerable tiny models for exact checks
 """
 from fdpg_core.divergences import DIVERGENCES, Divergence, alpha_divergence, exact_divergence, get_divergence

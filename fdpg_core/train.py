@@ -33,6 +33,10 @@ Decisions (see also the field docs of `FDPGConfig`):
   * Files: a fresh run refuses an out_dir that already holds a run (resume=True continues it, overwrite=True
     replaces it); nothing on disk changes before the first record, so a run that fails validation writes nothing;
     history.jsonl is append-only (rewritten atomically only when a resume drops the rows past its checkpoint).
+  * precision='bf16' (fdpg_core/precision.py): step 1 samples from a bf16 copy q of the sampling model (refreshed
+    every step) with q's exact log q, log π_θ is computed under bf16 autocast (float32 weights and Adam state), and
+    every sample is weighted by π_θ/q as with an offline proposal; the target is scored as given (its base keeps
+    its precision). train/ess is the weights' effective sample size (1 when q = π_θ: online fp32).
   * Several processes (torchrun, see fdpg_core/distributed.py and docs/DISTRIBUTED.md): batch_size is the
     global batch; rank r samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the
     per-sample scalars (log q, log P, log a, features, log π) are all-gathered so Ẑ_c, the baseline, the
@@ -63,6 +67,7 @@ from fdpg_core import distributed as dist_
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
+from fdpg_core.precision import PRECISIONS, MixedPrecision
 from fdpg_core.sampling import Samples, _vocab_size, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
@@ -77,7 +82,7 @@ _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # config fields that may change between a run and its resume
 _RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress", "overwrite",
-              "max_consecutive_skips"}
+              "max_consecutive_skips", "precision"}
 
 
 class ZeroTargetMassError(RuntimeError):
@@ -152,6 +157,12 @@ class FDPGConfig:
     max_consecutive_skips: int | None = 10
     """stop with ZeroTargetMassError after this many steps in a row were skipped (no sample of the batch's contexts
     has P(x) > 0 so far: e.g. a constraint far rarer than 1 / batch_size); None = never stop."""
+    precision: str = "fp32"
+    """'fp32' (everything in float32); 'bf16' (samples from a bf16 copy q of π_θ refreshed every step, with its exact
+    log q; log π_θ under bf16 autocast with float32 weights and Adam state; every sample weighted by π_θ/q, so the
+    gradient is the same in expectation; the weights' effective sample size is logged as train/ess; the base a keeps
+    its own precision, so the target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units: a CPU with
+    AMX or AVX512-BF16, a CUDA GPU with native bf16; fp32 elsewhere). See fdpg_core/precision.py."""
 
     def __post_init__(self):
         bad = []
@@ -207,6 +218,7 @@ class FDPGConfig:
         need(isinstance(self.overwrite, bool), "overwrite", "True or False")
         need(self.max_consecutive_skips is None or is_int(self.max_consecutive_skips, 1), "max_consecutive_skips",
              "None or int >= 1")
+        need(self.precision in PRECISIONS, "precision", list(PRECISIONS))
         if bad:
             raise ValueError("FDPGConfig: invalid value(s): " + "; ".join(bad))
 
@@ -308,6 +320,11 @@ def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
         return x.mean()
     w = torch.softmax(log_w.to(torch.float64), 0)  # (B,), Σ = 1
     return (w * x).sum()
+
+
+def _ess_fraction(log_w: Tensor | None, device) -> Tensor:
+    """Effective sample size of the importance weights π_θ/q as a fraction of the batch, in (0, 1]; 1 when q = π_θ."""
+    return torch.ones((), dtype=torch.float64, device=device) if log_w is None else ess(log_w, fraction=True)
 
 
 def _jsonable(rec: dict) -> dict:
@@ -623,7 +640,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
         global (each rank samples batch_size / W rows); metrics_fn runs on every rank (it may use collectives)
         and rank 0's values are recorded; callbacks, files and the progress bar are rank 0's only; the returned
         history is the same on every rank (except time/step_s, rank-local).
-    Record keys: step, train/{loss, baseline, lr, grad_norm, pseudo_reward, samples_seen, skipped_steps},
+    Record keys: step, train/{loss, baseline, lr, grad_norm, pseudo_reward, ess, samples_seen, skipped_steps},
     target/log_Z, z/ess, div/{kl_p_pi, tv_p_pi, js_p_pi, kl_pi_a}, align/<feature>, entropy/seq,
     (offline) proposal/{ess, kl_p_q, replaced}; plus metrics_fn's keys.
     """
@@ -655,6 +672,8 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     lo = rank * B_loc
     sampler = sample if sampler is None else sampler
     online = cfg.proposal == "online"
+    prec = MixedPrecision(cfg.precision, device)  # bf16: samples from a bf16 copy q, log π_θ under autocast
+    q_is_pi = prec.q_is_pi(online)  # importance weights π_θ/q exactly 1 (online fp32)
     out_dir = None if cfg.out_dir is None else str(cfg.out_dir)
     ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
     hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
@@ -757,7 +776,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
             ctx = (step * m_ctx + torch.arange(m_ctx, device=device)) % C  # (m,)
             rows = ctx.repeat_interleave(n_per)  # (B,) global
             rows_loc = rows[lo:lo + B_loc]  # (B_loc,)
-            sampler_model = policy if online else proposal
+            sampler_model = prec.sampler_model(policy if online else proposal)  # fp32: the model; bf16: its copy
             samples = sampler(sampler_model, prompt_ids[rows_loc], prompt_mask[rows_loc], cfg.max_new_tokens,
                               eos_token_id=eos, pad_token_id=pad, context_ids=rows_loc, generator=gen)
             if tokenizer is not None:
@@ -804,7 +823,8 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                     continue
                 sl = slice(j * mb, (j + 1) * mb)  # local rows
                 sg = slice(lo + j * mb, lo + (j + 1) * mb)  # the same rows in the global batch
-                lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
+                with prec.autocast():
+                    lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
                 lP, lZ, lq = log_P[sg], log_Z_rows[sg], log_q[sg]
                 if n_valid_micro[j] < mb:  # drop rows of contexts with Ẑ_c = 0
                     v = valid[sg]
@@ -815,7 +835,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 if not torch.isfinite(fp).all():
                     bad = _bad_reward_message(div, lp_v.detach(), lP)
                     break
-                loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if online else lq, baseline=b_used)
+                loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if q_is_pi else lq, baseline=b_used)
                 loss = loss * (n_valid_micro[j] / n_valid)  # micro-batch weight n_j / n
                 if not torch.isfinite(loss):
                     bad = _bad_loss_message(loss, lp_v, lq, online)
@@ -839,7 +859,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 la_v, feats = scored.log_a[valid], {n: f[valid] for n, f in scored.features.items()}
             else:
                 lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, log_P, log_Z_rows, log_q, scored.log_a, scored.features
-            log_w = None if online else lp_v - lq_v  # log π/q (B,)
+            log_w = None if q_is_pi else lp_v - lq_v  # log π/q (B,)
             lp_norm = (lP_v.double() - lZ_v).to(lp_v.dtype)  # log p = log P − log Ẑ_c (per row)
             fp_all = -pseudo_reward(lp_v, lP_v, lZ_v, div)  # (n,) f′
             fp_mean = _snis_mean(fp_all, log_w)
@@ -870,8 +890,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                         "div/kl_p_pi": is_divergence("kl", lp_v, lp_norm, lq_v, 0.0),
                         "div/tv_p_pi": is_divergence("tv", lp_v, lp_norm, lq_v, 0.0),
                         "div/js_p_pi": is_divergence("js", lp_v, lp_norm, lq_v, 0.0),
-                        "div/kl_pi_a": kl_pi_a(lp_v, la_v, None if online else lq_v),
-                        "entropy/seq": sequence_entropy(lp_v) if online else _snis_mean(-lp_v, log_w)}
+                        "div/kl_pi_a": kl_pi_a(lp_v, la_v, None if q_is_pi else lq_v),
+                        "entropy/seq": sequence_entropy(lp_v) if q_is_pi else _snis_mean(-lp_v, log_w),
+                        "train/ess": _ess_fraction(log_w, device)}
                 vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in feats.items()})
                 if not online:
                     vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": kl_p_q})

@@ -6,6 +6,9 @@
     python scripts/bench.py --device cuda --cuda-tests
                                             # the GPU run (≈ 3 min on an H200): the sampler's tests (CUDA ones
                                             # included) then the benchmark; outputs also copied into $OUT if set
+    python scripts/bench.py --only precision
+                                            # the mixed-precision rows alone (≈ 10 min on 2 shared cores)
+                                            #   -> figures/bench/<machine>-partial.{json,md}
 
 Method. Every comparison runs both sides in the same process, interleaved (warm-up A B, then A B A B …), and
 reports the median of ≥ 5 repetitions of each side and their ratio (reference time / our time, so > 1 means we are
@@ -33,6 +36,14 @@ shared 2-core machine, 2 threads per side oversubscribe the cores and the timing
      (n×n fp32 and bf16 products). FLOPs = 2·N per sampled token + 2·N per token scored under the base + 6·N per
      token through the policy's forward and backward, N = parameters in matrix products (Linear / Conv1D weights,
      LM head included; embedding lookups, attention scores and prompt tokens not counted).
+  5. mixed precision (section "precision"): a 124M GPT-2-shaped model (random init) and SmolLM2-135M, each with
+     three sampling sides (ours fp32, ours from the model's bf16 copy, generate() fp32) and three f-DPG step sides
+     (FDPGConfig.precision "fp32"; "bf16": samples from the refreshed bf16 copy, log π_θ under bf16 autocast, weights
+     π_θ/q; "bf16" with the base a also in bf16, which changes the target), interleaved; ours is impl="auto" (the
+     library default that train() uses). The sides step one shared policy and Adam state in turn (timing only).
+     Also the effective sample size of the weights π_θ/q at every bf16 step, and the shift of log a when the base
+     is scored in bf16 instead of fp32. The machine name carries the CPU's bf16 units (cpu-2core-avx512bf16,
+     cpu-2core-amx), the JSON the CPU model, its bf16 flags and what precision="auto" picks.
   4. peak memory of a step: CPU: a fresh subprocess per configuration, peak RSS during the step (VmHWM reset
      just before it; ru_maxrss where that is refused) minus the resident size after building the models and the
      Adam state; CUDA: torch.cuda.max_memory_allocated minus the allocated memory before the step (a captured
@@ -61,6 +72,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOS, PAD = 0, 1, 2  # special ids of the small-vocabulary random models
 TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}  # CPU targets of issue 7
+# targets of the mixed-precision rows, on hardware with bf16 units: bf16 / fp32 speed-ups and the weights' ESS
+PRECISION_TARGETS = {"sampling_bf16_over_fp32": 2.0, "step_bf16_over_fp32": 1.8, "ess": 0.95}
 OURS_IMPL = "auto"  # sampling.sample's impl for "ours" (set by main() from --impl)
 
 
@@ -199,6 +212,18 @@ def prompts(B: int, Tp: int, vocab: int, device="cpu", seed: int = 0):
     ids[torch.arange(B), Tp - lens] = BOS
     ids = ids.masked_fill(mask == 0, PAD)
     return ids.to(device), mask.to(device)
+
+
+TEXT_PROMPTS = ("Once upon a time", "The weather today is", "Write a short poem about the sea.", "My favourite food is",
+                "In 1905, Albert Einstein", "The best way to learn Python is", "Dear customer,", "The movie was")
+
+
+def text_prompts(tok, B: int, device="cpu"):
+    """B left-padded English prompts (TEXT_PROMPTS, cycled), ids (B, Tp) and mask (B, Tp)."""
+    from fdpg_core.sampling import left_pad
+
+    seqs = [tok.encode(TEXT_PROMPTS[i % len(TEXT_PROMPTS)]) for i in range(B)]
+    return left_pad(seqs, tok.pad_token_id if tok.pad_token_id is not None else PAD, device)
 
 
 def generate(model, ids, mask, T: int, eos=None, temperature: float = 1.0):
@@ -488,8 +513,171 @@ def exactness(model, B, Tp, T, device, eos=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# 5. Mixed precision: fp32 vs bf16 (samples from a bf16 copy, importance weights π_θ/q)
+# ----------------------------------------------------------------------------------------------------------------
+def precision_sampling_case(name, model, ids, mask, T, reps, device, note=""):
+    """Tokens/s of sample() from the fp32 model and from its bf16 copy (impl="auto"), and of generate() fp32, on the
+    left-padded prompts ids, mask (B, Tp)."""
+    from fdpg_core.precision import MixedPrecision
+    from fdpg_core.sampling import sample
+
+    V = model.get_output_embeddings().weight.shape[0]
+    B, Tp = ids.shape
+    q_model = MixedPrecision("bf16", device).sampler_model(model)
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = {}
+
+    def ours(m, key):
+        def fn():
+            out[key] = sample(m, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+        return fn
+
+    def ref():
+        out["generate_fp32"] = generate(model, ids, mask, T)
+
+    t = interleaved({"ours_fp32": ours(model, "ours_fp32"), "ours_bf16": ours(q_model, "ours_bf16"),
+                     "generate_fp32": ref}, reps, device)
+    assert all(x.tokens.shape == (B, T) if hasattr(x, "tokens") else x.shape == (B, T) for x in out.values())
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return {"name": name, "note": note, "vocab": V, "B": B, "Tp": Tp, "T": T, "n_reps": reps, "reps_s": t,
+            "median_s": med, "tokens_per_s": {k: B * T / v for k, v in med.items()},
+            "bf16_over_fp32": med["ours_fp32"] / med["ours_bf16"],
+            "ours_fp32_over_generate": med["generate_fp32"] / med["ours_fp32"]}
+
+
+def make_precision_step(policy, target, opt, precision, ids, mask, T, device, ess_log: list):
+    """One f-DPG step as train() takes it at FDPGConfig.precision=`precision`: x ~ q (π_θ, or its bf16 copy
+    refreshed now), target.score, log π_θ (under bf16 autocast in bf16), fdpg_loss with weights π_θ/q, backward, Adam.
+    Appends the ESS fraction of the weights (1 when q = π_θ) to ess_log."""
+    from fdpg_core.estimators import ess, log_Z_hat
+    from fdpg_core.losses import fdpg_loss
+    from fdpg_core.precision import MixedPrecision
+    from fdpg_core.sampling import sample, score
+
+    prec = MixedPrecision(precision, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        s = sample(prec.sampler_model(policy), ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+        scored = target.score(s)  # log a in the base's own precision, log P = log a + r/β
+        with prec.autocast():
+            log_pi = score(policy, s)  # (B,) differentiable
+        log_q = None if prec.q_is_pi(online=True) else s.log_q
+        loss = fdpg_loss(log_pi, scored.log_P, log_Z_hat(scored.log_P, s.log_q), "kl", log_q=log_q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ess_log.append(1.0 if log_q is None else ess(log_pi.detach() - log_q, fraction=True).item())
+    return step
+
+
+def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: int = 2048):
+    """f-DPG step samples/s at precision fp32, bf16, and bf16 with a bf16 base on the prompts ids, mask (B, Tp); the
+    ESS of the weights at every bf16 step; the shift of log a when the base is scored in bf16. The fp32 and bf16
+    matmul peaks (mm_n² products) are timed in the same interleaved rounds as the steps, so that the efficiencies
+    compare throughputs measured under the same load."""
+    from fdpg_core.precision import bf16_copy
+    from fdpg_core.sampling import sample, score
+    from fdpg_core.targets import ScalarFactor, Target
+
+    V = model.get_output_embeddings().weight.shape[0]
+    B, Tp = ids.shape
+    base = model.requires_grad_(False)
+    base16 = bf16_copy(base)
+    policy = copy.deepcopy(base).requires_grad_(True)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-5)
+    for p in policy.parameters():  # Adam's moments exist before the timed steps (zero grads: no change)
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    r = _factor(V)
+    factor = ScalarFactor("low_half", lambda s: r(s.tokens, s.mask), 0.5)
+    ess_log = {"bf16": [], "bf16_base_bf16": []}
+    steps = {"fp32": make_precision_step(policy, Target(base) * factor, opt, "fp32", ids, mask, T, device, []),
+             "bf16": make_precision_step(policy, Target(base) * factor, opt, "bf16", ids, mask, T, device,
+                                         ess_log["bf16"]),
+             "bf16_base_bf16": make_precision_step(policy, Target(base16) * factor, opt, "bf16", ids, mask, T,
+                                                   device, ess_log["bf16_base_bf16"])}
+    g = torch.Generator(device=device).manual_seed(0)
+    mats = {dt: [torch.randn((mm_n, mm_n), generator=g, device=device).to(dt) for _ in range(2)]
+            for dt in (torch.float32, torch.bfloat16)}
+
+    def products(a, b):  # three n×n products, 6n³ FLOPs
+        return lambda: [a @ b for _ in range(3)]
+
+    peaks = {f"matmul_{str(dt).replace('torch.', '')}": products(*ab) for dt, ab in mats.items()}
+    t = interleaved(steps | peaks, reps, device)
+    mm = {k.removeprefix("matmul_"): 3 * 2 * mm_n ** 3 / statistics.median(t.pop(k)) for k in peaks}
+    med = {k: statistics.median(v) for k, v in t.items()}
+    N = matmul_params(base)
+    fl = step_flops(N, B * T, B * T)
+    # the base scored in bf16 instead of fp32: per-sequence shift of log a (what a bf16 base does to the target)
+    s = sample(base16, ids, mask, T, eos_token_id=None, pad_token_id=PAD,
+               generator=torch.Generator(device=device).manual_seed(5))
+    with torch.no_grad():
+        shift = (score(base16, s) - score(base, s)).double()  # (B,) log a_bf16 − log a_fp32
+    every = ess_log["bf16"]
+    return {"name": name, "note": note, "vocab": V, "B": B, "Tp": Tp, "T": T, "n_reps": reps, "reps_s": t,
+            "median_s": med, "samples_per_s": {k: B / v for k, v in med.items()},
+            "bf16_over_fp32": med["fp32"] / med["bf16"],
+            "bf16_base_bf16_over_fp32": med["fp32"] / med["bf16_base_bf16"],
+            "n_matmul_params": N, "flops": fl, "achieved_flop_s": {k: fl["total"] / v for k, v in med.items()},
+            "matmul_flop_s": mm | {"n": mm_n},
+            "efficiency": {k: {f"vs_{dt}": fl["total"] / v / mm[dt] for dt in ("float32", "bfloat16")}
+                           for k, v in med.items()},
+            "ess": {"min": min(every), "median": statistics.median(every), "every_step": every,
+                    "bf16_base_bf16_min": min(ess_log["bf16_base_bf16"])},
+            "log_a_bf16_minus_fp32": {"mean": shift.mean().item(), "std": shift.std().item(),
+                                      "max_abs": shift.abs().max().item(), "T": T}}
+
+
+def precision_section(p: dict, device, log=print) -> dict:
+    """The mixed-precision rows: each model's sampling and step cases; efficiency against the matmul peaks."""
+    from fdpg_core.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
+    from fdpg_core.smollm import load_smollm2
+
+    cfg = p["precision"]
+    out = {"impl": "auto", "bf16_units": has_bf16_units(device), "auto_precision": resolve_precision("auto", device),
+           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
+    B, Tp, T = cfg["B"], cfg["Tp"], cfg["T"]
+
+    def random_model(build, note):  # random weights: random prompts (throughput; the weights' ESS is not typical)
+        def fn():
+            m = build()
+            return m, *prompts(B, Tp, m.get_output_embeddings().weight.shape[0], device), note
+        return fn
+
+    def smollm2():  # real weights: English prompts, so the ESS is the one a user sees
+        m, tok = load_smollm2(device=device)
+        return m, *text_prompts(tok, B, device), "SmolLM2-135M-Instruct, real weights, text prompts"
+
+    models = [(cfg["gpt2"]["name"], random_model(lambda: gpt2(**cfg["gpt2"]["shape"], device=device),
+                                                 "random init"))]
+    if cfg.get("smollm"):
+        models.append(("SmolLM2-135M", random_model(lambda: llama_smollm2_shape(device),
+                                                    "SmolLM2-135M shape, random init")
+                       if torch.device(device).type == "cuda" else smollm2))
+    for name, build in models:
+        try:
+            m, ids, mask, note = build()
+        except (FileNotFoundError, ImportError) as e:
+            out.setdefault("skipped", {})[name] = str(e).splitlines()[0]
+            continue
+        out["sampling"].append(precision_sampling_case(name, m, ids, mask, T, cfg["reps"], device, note))
+        log(f"[bench]   precision sampling {name}: bf16 x{out['sampling'][-1]['bf16_over_fp32']:.2f}")
+        row = precision_step_case(name, m, ids, mask, T, cfg["reps"], device, note, p["mm_n"])
+        out["fdpg_step"].append(row)
+        log(f"[bench]   precision f-DPG {name}: bf16 x{row['bf16_over_fp32']:.2f}, ESS min {row['ess']['min']:.3f}")
+        del m
+        _free_graphs()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Plans
 # ----------------------------------------------------------------------------------------------------------------
+GPT2_124M = dict(name="GPT-2-small shape 124M", shape=dict(vocab=50257, n_layer=12, n_embd=768, n_head=12))
+
+
 def plan(device: str, quick: bool) -> dict:
     cuda = torch.device(device).type == "cuda"
     if quick:
@@ -497,7 +685,9 @@ def plan(device: str, quick: bool) -> dict:
             ("V256 L1-E32", dict(vocab=256, n_layer=1, n_embd=32, n_head=2), 8, 4, 8),
             ("V5000 L1-E32", dict(vocab=5000, n_layer=1, n_embd=32, n_head=2), 8, 4, 8)],
             smollm=None, fdpg=[dict(name="V5000 L1-E32", vocab=5000, n_layer=1, n_embd=32, n_head=2, B=8, Tp=4, T=8)],
-            memory=False, exact=[], bf16=False)
+            memory=False, exact=[], bf16=False,
+            precision=dict(reps=3, B=4, Tp=4, T=4, smollm=False,
+                           gpt2=dict(name="V5000 L1-E32", shape=dict(vocab=5000, n_layer=1, n_embd=32, n_head=2))))
     if not cuda:
         return dict(reps=5, dist_n=20000, mm_n=2048, sampling=[
             ("V256 L4-E128", dict(vocab=256, n_layer=4, n_embd=128, n_head=4), 64, 8, 48),
@@ -506,7 +696,7 @@ def plan(device: str, quick: bool) -> dict:
             smollm=dict(B=16, T=16), fdpg=[
             dict(name="V5000 L4-E128", vocab=5000, n_layer=4, n_embd=128, n_head=4, B=64, Tp=8, T=32),
             dict(name="V50257 L4-E256", vocab=50257, n_layer=4, n_embd=256, n_head=4, B=32, Tp=8, T=24)],
-            memory=True, exact=[], bf16=False)
+            memory=True, exact=[], bf16=False, precision=dict(reps=5, B=16, Tp=8, T=16, smollm=True, gpt2=GPT2_124M))
     return dict(reps=7, dist_n=50000, mm_n=8192, sampling=[
         ("V256 L4-E128", dict(vocab=256, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
         ("V5000 L4-E128", dict(vocab=5000, n_layer=4, n_embd=128, n_head=4), 256, 16, 64),
@@ -515,14 +705,18 @@ def plan(device: str, quick: bool) -> dict:
         dict(name="V50257 GPT-2-small shape L12-E768", vocab=50257, n_layer=12, n_embd=768, n_head=12, B=64, Tp=16,
              T=64)],
         memory=False, exact=[("gpt2-small shape", dict(vocab=50257, n_layer=12, n_embd=768, n_head=12), 64, 16, 64)],
-        bf16=True)
+        bf16=True, precision=dict(reps=5, B=64, Tp=16, T=64, smollm=True, gpt2=GPT2_124M))
 
 
 def machine_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name()
-    else:
-        name = f"cpu-{os.cpu_count()}core"
+    else:  # CPUs with bf16 units get their own files (their bf16 rows differ in kind)
+        from fdpg_core.precision import cpu_bf16_flags
+
+        flags = cpu_bf16_flags()
+        unit = "-amx" if "amx_bf16" in flags else "-avx512bf16" if "avx512_bf16" in flags else ""
+        name = f"cpu-{os.cpu_count()}core{unit}"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower().replace(" ", "-"))
 
 
@@ -549,16 +743,18 @@ def _log(*a):
 
 
 SECTIONS = ("matmul_flop_s", "distribution_check", "sampling", "sampling_smollm2", "fdpg_step", "fdpg_step_memory",
-            "exactness")
+            "exactness", "precision")
 
 
 def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None, only=None) -> dict:
+    from fdpg_core.precision import cpu_bf16_flags, cpu_model
     from fdpg_core.smollm import load_smollm2
 
     p = plan(device, quick)
     t_start = time.time()
     res = {"machine": machine_name(device), "device": device, "quick": quick, "load_avg_start": os.getloadavg(),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
                      "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None,
@@ -651,6 +847,7 @@ def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = 
                 rows.append(dict(exactness(m.to(torch.bfloat16), B, Tp, T, device), name=name))
             return rows
         section("exactness", exact)
+    section("precision", lambda: precision_section(p, device, log))
     res["load_avg_end"] = os.getloadavg()
     res["wall_s"] = time.time() - t_start
     write(res, out_dir)
@@ -668,14 +865,68 @@ def _fmt_compile(row):
     return "–" if row.get("compile_s") is None else f"{row['compile_s']:.1f} s"
 
 
+def _met_x(ratio, target, applies):
+    """'≥ ×2.0 met' / 'NOT met' where the target applies (hardware with bf16 units), '–' elsewhere."""
+    return f"≥ ×{target} {'met' if ratio >= target else 'NOT met'}" if applies else "–"
+
+
+def _precision_markdown(res: dict) -> list[str]:
+    """The mixed-precision tables: sampling, f-DPG step (with ESS), efficiency; the machine's bf16 units."""
+    pr = res.get("precision")
+    if not pr:
+        return []
+    tg = PRECISION_TARGETS
+    units = pr["bf16_units"] and not res["quick"]  # targets: full sizes on hardware with bf16 units
+    flags = ", ".join(pr["cpu_bf16_flags"]) or "none"
+    where = f"{res['gpu']}" if "gpu" in res else f"{pr['cpu_model']}, bf16 flags: {flags}"
+    L = ["", f"Mixed precision on {where} (precision=\"auto\" picks {pr['auto_precision']}); ours is "
+         f"sampling.sample(impl=\"{pr['impl']}\"), the default train() uses. Targets apply at full sizes where the "
+         "hardware has bf16 units" + ("." if pr["bf16_units"] else ": it has none here."), "",
+         "| mixed precision: sampling tokens/s | configuration | ours fp32 | ours bf16 copy | generate() fp32 | "
+         "bf16 / fp32 | target |", "|---|---|---|---|---|---|---|"]
+    for row in pr["sampling"]:
+        tps = row["tokens_per_s"]
+        L.append(f"| sampling tokens/s, bf16 copy vs fp32 | {row['name']} ({row['note']}), B={row['B']}, T={row['T']} "
+                 f"| {tps['ours_fp32']:,.0f} | {tps['ours_bf16']:,.0f} | {tps['generate_fp32']:,.0f} | "
+                 f"**×{row['bf16_over_fp32']:.2f}** | "
+                 f"{_met_x(row['bf16_over_fp32'], tg['sampling_bf16_over_fp32'], units)} |")
+    L += ["", "| mixed precision: f-DPG step samples/s | configuration | fp32 | bf16 | bf16 / fp32 | target | "
+          "bf16, base in bf16 | ESS of π_θ/q: min (median) | target |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in pr["fdpg_step"]:
+        sps, e = row["samples_per_s"], row["ess"]["min"]
+        L.append(f"| f-DPG step samples/s, bf16 vs fp32 | {row['name']} ({row['note']}), B={row['B']}, T={row['T']} "
+                 f"| {sps['fp32']:,.2f} | {sps['bf16']:,.2f} | **×{row['bf16_over_fp32']:.2f}** | "
+                 f"{_met_x(row['bf16_over_fp32'], tg['step_bf16_over_fp32'], units)} | {sps['bf16_base_bf16']:,.2f} "
+                 f"(×{row['bf16_base_bf16_over_fp32']:.2f}) | {e:.3f} ({row['ess']['median']:.3f}) | "
+                 + (f"≥ {tg['ess']} {'met' if e >= tg['ess'] else 'NOT met'}" if units else "–") + " |")
+    L += ["", "| mixed-precision step efficiency | GFLOP/step | matmul peaks fp32 / bf16 (interleaved with the steps) | "
+          "fp32 step / fp32 peak | bf16 step / bf16 peak | bf16 step / fp32 peak |", "|---|---|---|---|---|---|"]
+    for row in pr["fdpg_step"]:
+        ef, mm = row["efficiency"], row["matmul_flop_s"]
+        L.append(f"| {row['name']}, B={row['B']}, T={row['T']} | {row['flops']['total'] / 1e9:,.1f} | "
+                 f"{mm['float32'] / 1e9:,.0f} / {mm['bfloat16'] / 1e9:,.0f} GFLOP/s ({mm['n']}²) | "
+                 f"{100 * ef['fp32']['vs_float32']:.1f} % | {100 * ef['bf16']['vs_bfloat16']:.1f} % | "
+                 f"{100 * ef['bf16']['vs_float32']:.1f} % |")
+    for row in pr["fdpg_step"]:
+        sh = row["log_a_bf16_minus_fp32"]
+        L.append(f"\nBase a scored in bf16 instead of fp32 ({row['name']}, {sh['T']} tokens): log a shifts by "
+                 f"{sh['mean']:+.3f} ± {sh['std']:.3f} nats per sequence (max |shift| {sh['max_abs']:.3f}).")
+    for name, why in pr.get("skipped", {}).items():
+        L.append(f"\n{name}: skipped ({why}).")
+    return L
+
+
 def markdown(res: dict) -> str:
     L = [f"# Benchmark on `{res['machine']}`", "",
          f"torch {res['torch']}, transformers {res['transformers']}, {res['torch_threads']} threads; load average "
          f"{res['load_avg_start'][0]:.2f} at start, {res['load_avg_end'][0]:.2f} at end; {res['wall_s']:.0f} s. "
-         f"{res['method']}; {res['reps']} repetitions. Ours: sampling.sample(impl=\"{res.get('ours_impl', 'auto')}\")"
-         + (" (opt-in: torch.compile'd decode step; compiled in the warm-up round, compile time in the last "
-            "column)" if res.get("ours_impl") == "compile" else "") + ".", ""]
+         f"{res['method']}; {res['reps']} repetitions."
+         + (f" Ours: sampling.sample(impl=\"{res.get('ours_impl', 'auto')}\")"
+            + (" (opt-in: torch.compile'd decode step; compiled in the warm-up round, compile time in the last "
+               "column)" if res.get("ours_impl") == "compile" else "") + "."
+            if res.get("sampling") or res.get("fdpg_step") else ""), ""]
     cpu = res["device"] == "cpu" and not res["quick"]
+    n_head = len(L)
     L += ["| comparison | configuration | ours | reference | ratio | target | compile |",
           "|---|---|---|---|---|---|---|"]
     for row in res.get("sampling", []) + (res["sampling_smollm2"] if isinstance(res.get("sampling_smollm2"), list)
@@ -696,8 +947,11 @@ def markdown(res: dict) -> str:
                  f"**×{row['ratio']:.2f}** | "
                  + (f"≥ ×{tgt} {'met' if row['ratio'] >= tgt else 'NOT met'}" if cpu else "–") + " | "
                  + _fmt_compile(row) + " |")
-    L.append("")
-    if "matmul_flop_s" in res:
+    if len(L) == n_head + 2:  # no row (e.g. --only precision): no empty table
+        del L[n_head:]
+    else:
+        L.append("")
+    if "matmul_flop_s" in res and res.get("fdpg_step"):
         mm = res["matmul_flop_s"]
         L += [f"Matmul ceiling measured in this run ({mm['n']}² products): fp32 {mm['float32'] / 1e9:,.0f} GFLOP/s, "
               f"bf16 {mm['bfloat16'] / 1e9:,.0f} GFLOP/s.", "",
@@ -733,6 +987,7 @@ def markdown(res: dict) -> str:
     for row in res.get("exactness", []):
         L.append(f"Exactness {row['name']} {row['dtype']}: max |log_q − score| per sequence "
                  f"{row['max_abs_seq_err']:.2e} (T={row['T']}).")
+    L += _precision_markdown(res)
     if isinstance(res.get("sampling_smollm2"), dict):
         L.append(f"SmolLM2: {res['sampling_smollm2']['skipped']}")
     if res.get("tests"):

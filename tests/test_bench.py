@@ -71,3 +71,27 @@ def test_quick_run_writes_results_and_same_distribution(quick_run):
     assert 0 < step["efficiency"]["ours_vs_float32"] and step["ratio"] > 0
     md = (out / f"{name}.md").read_text()
     assert "| sampling tokens/s vs generate() |" in md and "f-DPG step" in md and "passed" in md
+
+
+def test_quick_run_has_the_mixed_precision_rows(quick_run):
+    """The JSON names the CPU and its bf16 flags (and the file name its bf16 units); each precision row times the
+    three sampling sides and the three step sides, with the ESS of every bf16 step and the step's FLOPs."""
+    from fdpg_core.precision import cpu_bf16_flags, resolve_precision
+
+    res, out = quick_run
+    saved = json.loads((out / f"{res['machine']}-quick.json").read_text())
+    flags = cpu_bf16_flags()
+    assert saved["cpu_model"] and saved["cpu_bf16_flags"] == flags
+    unit = "-amx" if "amx_bf16" in flags else "-avx512bf16" if "avx512_bf16" in flags else ""
+    assert saved["machine"] == f"cpu-{saved['cpu_count']}core{unit}"
+    pr = saved["precision"]
+    assert pr["auto_precision"] == resolve_precision("auto", "cpu") and pr["cpu_bf16_flags"] == flags
+    (samp,), (step,) = pr["sampling"], pr["fdpg_step"]
+    assert set(samp["tokens_per_s"]) == {"ours_fp32", "ours_bf16", "generate_fp32"} and samp["n_reps"] >= 3
+    assert set(step["samples_per_s"]) == {"fp32", "bf16", "bf16_base_bf16"}
+    assert len(step["ess"]["every_step"]) == step["n_reps"] + 1  # warm-up round included
+    assert 0.9 < step["ess"]["min"] <= 1.0
+    assert step["flops"]["total"] == 10 * step["n_matmul_params"] * step["B"] * step["T"]
+    assert 0 < step["efficiency"]["bf16"]["vs_bfloat16"] and 0 < step["efficiency"]["fp32"]["vs_float32"]
+    md = (out / f"{res['machine']}-quick.md").read_text()
+    assert "| mixed precision: sampling tokens/s |" in md and "| mixed precision: f-DPG step samples/s |" in md

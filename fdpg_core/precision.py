@@ -1,0 +1,134 @@
+"""Mixed precision for f-DPG: which precision a run uses, and the bf16 machinery of `train`.
+
+    precision="fp32"  everything in float32; x ~ π_θ, so q = π_θ and every importance weight is 1.
+    precision="bf16"  per step:
+      1. q = a bf16 copy of the sampling model (π_θ online, the frozen proposal offline), its weights copied in
+         place from the float32 ones (so decoders cached per model see them);
+      2. x ~ q with q's exact log q(x) (the sampler's contract: the log-probability under the distribution the
+         tokens were drawn from, which is score() of the same bf16 copy up to bf16 rounding);
+      3. log π_θ(x) from the float32 policy under bf16 autocast (float32 master weights; Adam's state stays float32);
+      4. each sample weighted by π_θ/q in the loss and the metrics (the offline-proposal path of `fdpg_loss`), so
+         the gradient estimate is unbiased for ∇_θ D_f(π_θ‖p): the bf16 sampler costs variance, measured by the
+         weights' effective sample size `train/ess`, and no bias;
+      5. the base a is scored as the Target holds it, never under autocast: with a float32 base the target
+         p ∝ a·b is exactly the one of a float32 run. (Scoring a in bf16 would shift every log a(x) by bf16
+         rounding, ~0.01-0.02 nats per sequence on a 124M model, i.e. train towards a different target; a user who
+         accepts that passes a bf16 base: Target(base.to(torch.bfloat16)).)
+    precision="auto"  "bf16" where the hardware has bf16 matrix units (a CPU with AMX or AVX512-BF16, a CUDA GPU
+         with native bf16), "fp32" elsewhere (on a CPU without them bf16 products are emulated and slower).
+
+`has_bf16_units(device)` is the detector ("auto" looks it up at call time, so tests can monkeypatch it or
+`cpu_bf16_flags`). No global state is changed at import or by `MixedPrecision`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+
+import torch
+
+__all__ = ["PRECISIONS", "cpu_model", "cpu_bf16_flags", "has_bf16_units", "resolve_precision", "MixedPrecision",
+           "bf16_copy"]
+
+PRECISIONS = ("fp32", "bf16", "auto")
+# CPU flags (Linux /proc/cpuinfo names) of bf16 matrix units: AMX tiles, or AVX512 bf16 dot products
+_BF16_UNIT_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def _cpuinfo() -> dict:
+    """First processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k.strip()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'), or platform.processor() where unknown."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bf16-related flags among amx_bf16, amx_tile, avx512_bf16 (sorted; [] where unknown)."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
+
+
+def has_bf16_units(device) -> bool:
+    """True where bf16 matrix products run natively: a CPU with AMX or AVX512-BF16, a CUDA GPU with native bf16."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return any(f in cpu_bf16_flags() for f in _BF16_UNIT_FLAGS)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'fp32' or 'bf16' for `precision` in PRECISIONS on `device` ('auto': bf16 iff has_bf16_units(device))."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; allowed: {list(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if has_bf16_units(device) else "fp32"
+    return precision
+
+
+def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A bf16 copy of `model` for sampling: eval mode, no gradients, ties between weights kept (deepcopy)."""
+    grads = [p.grad for p in model.parameters()]
+    for p in model.parameters():  # not copied: the copy never trains
+        p.grad = None
+    try:
+        out = copy.deepcopy(model)
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+    return out.to(torch.bfloat16).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _refresh(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """dst's parameters and floating buffers ← src's, rounded to dst's dtype, in place."""
+    for d, s in zip(dst.parameters(), src.parameters()):
+        d.copy_(s)
+    for d, s in zip(dst.buffers(), src.buffers()):
+        if d.is_floating_point():
+            d.copy_(s)
+
+
+class MixedPrecision:
+    """The precision of one `train` run: which model draws the samples, the context log π_θ is computed in, and
+    whether q = π_θ exactly (importance weights 1) or not."""
+
+    def __init__(self, precision: str, device):
+        self.device = torch.device(device)
+        self.name = resolve_precision(precision, self.device)  # 'fp32' or 'bf16'
+        self._copies: dict[int, torch.nn.Module] = {}  # id(model) -> its bf16 copy
+
+    @property
+    def bf16(self) -> bool:
+        return self.name == "bf16"
+
+    def q_is_pi(self, online: bool) -> bool:
+        """Samples come from π_θ itself (weights exactly 1): online sampling in fp32."""
+        return online and not self.bf16
+
+    def sampler_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to sample from: `model` in fp32; in bf16 its bf16 copy, refreshed from `model` now."""
+        if not self.bf16:
+            return model
+        q = self._copies.get(id(model))
+        if q is None:
+            q = self._copies[id(model)] = bf16_copy(model)  # created from the current weights
+        else:
+            _refresh(q, model)
+        return q
+
+    def autocast(self):
+        """Context for log π_θ: bf16 autocast (float32 weights, bf16 products) in bf16, nothing in fp32."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
