@@ -40,9 +40,10 @@ figures: $(STAMP)
 claims: $(STAMP)
 	$(BIN)/python scripts/make_claims.py
 
-## make nbval: re-executes the notebooks and compares each final summary cell with its stored output.
+## make nbval: re-executes the numbered notebooks (00-08); nbval compares the cells marked NBVAL_CHECK_OUTPUT
+## (00's exact targets) with their stored output.
 nbval: $(STAMP)
-	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks/
+	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks/[0-9][0-9]_*.ipynb
 
 ## make nbval-update: refresh the stored summary outputs after a deliberate change (review the diff).
 nbval-update: $(STAMP)
@@ -52,9 +53,13 @@ nbval-update: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
 
-## make lab: JupyterLab on the notebooks.
+## make lab: JupyterLab on the notebooks, on this machine only (127.0.0.1); open the URL with its token that it prints.
+## As root (a container) it adds --allow-root and opens no browser. LAB_PORT picks the port (the next free one if taken).
+LAB_PORT ?= 8888
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root --ServerApp.open_browser=False)
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	@echo "Starting JupyterLab on http://127.0.0.1:$(LAB_PORT)/lab: open the URL with ?token=... printed below (Ctrl-C stops it)"
+	$(BIN)/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(LAB_ROOT)
 
 clean-venv:
 	rm -rf $(VENV)
