@@ -94,3 +94,15 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def torch_threads(request, monkeypatch):
+    """A notebook's `torch_threads` parameter, 1 and 2: two threads change torch's reduction order, so the second
+    run takes another floating-point path on any CPU (issue 13) and the smoke checks must hold on both.
+    With 2 threads the kernel gets OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning. On 2
+    cores busy with other work a spinning thread starves its partner (00_toy_exact at 2 threads, AMD EPYC 2 cores,
+    load ≈ 5: 192 s spinning, 44 s passive, identical result files); the policy changes no arithmetic."""
+    if request.param > 1:
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the kernel inherits os.environ (run_notebook)
+    return request.param
