@@ -3,7 +3,8 @@
 The code blocks are extracted from the documents; every bash command and every Python block is run in a copy of
 the repository (so the committed results and figures are never touched), with the venv linked in, and must exit 0.
 Two kinds of exceptions, each stated here:
-  - NOT_RUN: `make test` is the command that runs this suite (CI runs it through .ci/run);
+  - NOT_RUN: `make test` is the command that runs this suite (CI runs it through .ci/run); the nbval command is
+    run by the notebook tests (the test below checks they run the same arguments);
   - REDUCED: a long command runs at a reduced size: the same command with the stated arguments appended (only
     sweep parameters that pick fewer runs, so the committed runs are still reused), or, for a Python block, the
     stated text substitutions (fewer steps).
@@ -22,7 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-NOT_RUN = {"make test": "this suite itself: CI runs it (.ci/run)"}
+NOT_RUN = {"make test": "this suite itself: CI runs it (.ci/run)",
+           ".venv/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks/00_toy_exact.ipynb":
+               "run by tests/test_notebooks.py::test_nbval_lax_on_00_toy_exact (checked below)"}
 ONE_RUN = ["--set", "n_seeds=1", "divergences=[kl]"]  # one reused run: seed 0, forward KL
 REDUCED = {  # command: appended arguments
     ".venv/bin/python scripts/run_notebooks.py --preset cpu --only 03": ONE_RUN + ["tasks=[science]"],
@@ -74,6 +77,14 @@ def test_inventory_tables_name_documented_commands_only():
     assert not stale, f"commands listed here but in no document: {stale}"
     for old in PY_REDUCED:
         assert any(old in block for block in PYTHON), f"reduction {old!r} matches no documented Python block"
+
+
+def test_the_nbval_command_is_the_one_the_notebook_tests_run():
+    import test_notebooks
+
+    src = Path(test_notebooks.__file__).read_text()
+    for arg in shlex.split(next(c for c in NOT_RUN if "nbval" in c))[1:]:
+        assert f'"{arg}"' in src, arg
 
 
 @pytest.fixture(scope="module")
