@@ -30,7 +30,8 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
-           "parameters_cell", "parameter_types", "parameters", "preset_values", "preset_fingerprint", "clear_outputs", "copy_checked_outputs"]
+           "parameters_cell", "parameter_types", "parameters", "preset_file", "preset_values", "preset_fingerprint",
+           "clear_outputs", "copy_checked_outputs"]
 
 
 def kernel_env(base: dict | None = None) -> dict:
@@ -256,23 +257,29 @@ def parameters(namespace: dict, name: str) -> dict:
     return out
 
 
+def preset_file(name: str, preset: str) -> dict:
+    """The keys of notebooks/params/<name>.<preset>.yaml ({} for 'smoke': the notebook's own defaults); ValueError
+    naming the presets that exist when there is no such file."""
+    import yaml
+
+    if preset == "smoke":
+        return {}
+    path = NOTEBOOK_DIR / "params" / f"{name}.{preset}.yaml"
+    if not path.exists():
+        found = sorted(p.name.split(".")[-2] for p in path.parent.glob(f"{name}.*.yaml"))
+        raise ValueError(f"{name}: no preset file {path.name}; allowed presets: {['smoke'] + found}")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
 def preset_values(name: str, preset: str, overrides: dict | None = None) -> dict:
     """The parameters notebooks/<name>.ipynb runs with at `preset`: its defaults for 'smoke', else the defaults
     updated with notebooks/params/<name>.<preset>.yaml, then with `overrides`; checked by `parameters` (an unknown
     name or a bad value is an error naming the preset)."""
     import nbformat
-    import yaml
 
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
     values = {k: v for k, (v, _) in parameters_cell(nb)[1].items()}
-    given = {"preset": preset}
-    if preset != "smoke":
-        path = NOTEBOOK_DIR / "params" / f"{name}.{preset}.yaml"
-        if not path.exists():
-            found = sorted(p.name.split(".")[-2] for p in path.parent.glob(f"{name}.*.yaml"))
-            raise ValueError(f"{name}: no preset file {path.name}; allowed presets: {['smoke'] + found}")
-        given = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), **given}
-    given = {**given, **(overrides or {})}
+    given = {**preset_file(name, preset), "preset": preset, **(overrides or {})}
     namespace = {**values, **given, "In": ["# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in given.items())]}
     try:
         return parameters(namespace, name)

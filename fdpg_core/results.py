@@ -1,4 +1,4 @@
-"""Result files, tables and figures shared by every notebook (issue 4 conventions).
+"""Result files, tables and figures shared by every notebook (the conventions of notebooks/README.md).
 
 One JSON per (setting, divergence, seed) run, written by `save_run`:
 
@@ -122,13 +122,10 @@ def fingerprint(params: dict, *, sweep=()) -> str:
         raise ValueError(f"fingerprint: sweep names {unknown} are not parameters; allowed: {sorted(params)}")
     kept = {k: v for k, v in params.items() if k not in PRESENTATION_PARAMS and k not in set(sweep)}
 
-    def canon(x):
-        x = _clean(x)
-        if isinstance(x, float) and x.is_integer():
-            return int(x)
-        return [canon(v) for v in x] if isinstance(x, list) else \
-            {k: canon(v) for k, v in x.items()} if isinstance(x, dict) else x
-    text = json.dumps(canon(kept), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    def ints(x):  # on the stored (cleaned) values: 10.0 → 10
+        return int(x) if isinstance(x, float) and x.is_integer() else [ints(v) for v in x] if isinstance(x, list) \
+            else {k: ints(v) for k, v in x.items()} if isinstance(x, dict) else x
+    text = json.dumps(ints(_clean(kept)), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry poi
 import nbformat  # noqa: E402
 import yaml  # noqa: E402
 
-from fdpg_core.notebook import (NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, preset_values,  # noqa: E402
+from fdpg_core.notebook import (copy_checked_outputs, list_notebooks, preset_file, preset_values,  # noqa: E402
                                 run_notebook)
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -42,12 +42,7 @@ def preset_parameters(nb: Path, preset: str, work: Path) -> dict:
     if preset == "smoke":
         return {"preset": "smoke", "out_dir": str(work / nb.stem / "results"),
                 "fig_dir": str(work / nb.stem / "figures")}
-    path = NOTEBOOK_DIR / "params" / f"{nb.stem}.{preset}.yaml"
-    if not path.exists():
-        raise ValueError(f"{nb.name}: no preset file {path.relative_to(NOTEBOOK_DIR.parent)}; allowed presets here: "
-                         f"{['smoke'] + sorted(p.suffixes[-2][1:] for p in path.parent.glob(nb.stem + '.*.yaml'))}")
-    params = yaml.safe_load(path.read_text()) or {}
-    return {**params, "preset": preset}
+    return {**preset_file(nb.stem, preset), "preset": preset}
 
 
 def parse_sets(items) -> dict:

@@ -96,10 +96,19 @@ def load_script(name: str):
     return mod
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module (2 shared cores: no oversubscription), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
 def torch_threads(request, monkeypatch):
     """A notebook's `torch_threads` parameter, 1 and 2: two threads change torch's reduction order, so the second
-    run takes another floating-point path on any CPU (issue 13) and the smoke checks must hold on both.
+    run takes another floating-point path on any CPU, and the smoke checks must hold on both.
     With 2 threads the kernel gets OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning. On 2
     cores busy with other work a spinning thread starves its partner (00_toy_exact at 2 threads, AMD EPYC 2 cores,
     load ≈ 5: 192 s spinning, 44 s passive, identical result files); the policy changes no arithmetic."""

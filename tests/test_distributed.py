@@ -35,12 +35,7 @@ INVARIANCE = {  # samples_per_context=8: rank 0 samples only context 0, rank 1 o
 DROP = {"time/step_s"}  # the only rank-local record key
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription
 
 
 def _cfg(**kw):

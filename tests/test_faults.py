@@ -18,12 +18,7 @@ from fdpg_core.toy import make_toy_problem, tiny_gpt2
 from fdpg_core.train import FDPGConfig, NonFiniteLossError, ZeroTargetMassError, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription
 
 
 def _cfg(**kw):

@@ -9,7 +9,7 @@ Static checks, for every notebooks/NN_*.ipynb (fast):
       `class`, no `!pip`/`%pip`, no sys.path.
 Executed (marked slow; 25–110 s each on 2 cores), through `run_smoke`: papermill at the smoke defaults into tmp_path,
 then `check_summary` on the printed summary (a table of finite numbers, one row per run). No test compares the
-digits of a stochastic run (issue 13: they follow the CPU's floating-point path); each effect a notebook shows is
+digits of a stochastic run (they follow the CPU's floating-point path); each effect a notebook shows is
 checked with a margin measured over seeds 0, 1, 2 and torch_threads 2, stated beside the check, and must fail for a
 run that trained nothing (lr = 1e-12):
   (d) 00_toy_exact, at torch_threads 1 and 2 (another float path): every divergence's exact D_f dropped; forward KL
@@ -55,7 +55,7 @@ def run_smoke(name, tmp_path, **parameters):
     -> (params of its parameters cell with `parameters` applied, runs keyed (setting, divergence, seed), figure dir).
 
     The summary's digits are not compared with the committed output: they come from a seeded stochastic run and
-    follow the CPU's floating-point path (issue 13). The tests check what the runs show, with margins measured."""
+    follow the CPU's floating-point path. The tests check what the runs show, with margins measured."""
     path = NOTEBOOK_DIR / f"{name}.ipynb"
     params = parameters_cell(_read(path))[1]
     unknown = sorted(set(parameters) - set(params))

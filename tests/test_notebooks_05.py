@@ -5,7 +5,7 @@ The static conventions (parameters cell, presets, clean commit, imports) are che
 tests/test_notebooks.py. Here each notebook runs through papermill at its smoke defaults into tmp_path (marked slow;
 about 30–90 s each on 2 cores) and its recorded result JSONs must show that training moved π TOWARDS THE TARGET, by
 margins measured over seeds 0, 1, 2 and torch_threads 2 (stated beside each check; no digit of a stochastic run is
-compared: issue 13). A run that trained nothing (lr = 1e-12: π = a) or one that diverged fails:
+compared). A run that trained nothing (lr = 1e-12: π = a) or one that diverged fails:
   every run  KL(π‖a) on fresh samples is above a measured floor (0 for π = a) and finite (06: KL(π‖p) finite);
   03  E_π[b] rose from the base rate Ẑ = E_a[b], on average over the divergences;
   04  the moment error |E_π[φ] − μ̄| fell below that of a (on average; no divergence raised it); the fitted λ

@@ -4,7 +4,7 @@ The static conventions (parameters cell, presets, clean commit, imports) are che
 tests/test_notebooks.py; this file runs each conditional notebook through papermill at its smoke defaults into
 tmp_path and checks the recorded result JSONs (marked slow; 07 about 2–4 min, 08 about 1.5 min on 2 cores), with
 margins measured over seeds 0, 1, 2 and torch_threads 2 (stated beside each check; no digit of a stochastic run is
-compared: issue 13):
+compared):
   * one run per default divergence, finite losses, the history ends at n_steps, a's evaluation at step 0;
   * π moved away from a (KL(π‖a) above a measured floor, finite); the constraint rate rose on the training contexts
     (no run lost much; on average by a measured margin) and, on average over divergences, on held-out contexts:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import EOS, PAD
+from test_training import _cfg
 from fdpg_core import precision
 from fdpg_core.divergences import exact_divergence
 from fdpg_core.losses import fdpg_loss
@@ -18,18 +19,7 @@ from fdpg_core.toy import make_toy_problem
 from fdpg_core.train import FDPGConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
-def _cfg(**kw):
-    base = dict(batch_size=64, max_new_tokens=3, lr=2e-3, warmup_steps=0, progress=False, log_every=1)
-    base.update(kw)
-    return FDPGConfig(**base)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription
 
 
 def _flat(grads, params):

@@ -9,12 +9,7 @@ from fdpg_core.targets import BinaryFactor, ExponentialFactor, ScalarFactor, Tar
 from fdpg_core.toy import enumerate_support, tiny_gpt2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from fdpg_core.toy import make_toy_problem
 from fdpg_core.train import FDPGConfig, NonFiniteLossError, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription
 
 
 def _cfg(**kw):
