@@ -95,6 +95,20 @@ def _probe_group():
     return _PROBE[1]
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group after a finished run: the ranks meet, then the probe group goes before the default
+    group (tearing both down while a peer still uses its sockets could crash a rank at exit). No-op without one."""
+    global _PROBE
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if world_size() > 1:
+        dist.barrier()
+    if _PROBE is not None and _PROBE[0] is dist.group.WORLD:
+        dist.destroy_process_group(_PROBE[1])
+    _PROBE = None
+    dist.destroy_process_group()
+
+
 def _is_timeout(e: BaseException) -> bool:
     return "timed out" in str(e).lower() and not _peer_failure(e)
 
@@ -431,8 +445,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise
     if is_main() and history:
         print("fdpg-final " + json.dumps(history[-1]), flush=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()
     return history
 
 
