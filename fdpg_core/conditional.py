@@ -1,4 +1,4 @@
-"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (PAPER.md §3.4): context sets, batched evaluation over many
+"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): context sets, batched evaluation over many
 contexts × several samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
 summarisation and code notebooks (07, 08).
 

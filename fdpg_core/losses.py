@@ -1,6 +1,6 @@
 """The f-DPG loss: REINFORCE on the pseudo-reward R_θ(x) = −f′(π_θ(x)/p(x)).
 
-Gradient theorem (paper, §1 of PAPER.md): for p = P/Z,
+Gradient theorem (derived in docs/METHOD.md, "The f-DPG gradient"): for p = P/Z,
 
     ∇_θ D_f(π_θ‖p) = E_{x∼π_θ}[ f′(π_θ(x)/p(x)) ∇_θ log π_θ(x) ]
                    = E_{x∼q}[ (π_θ(x)/q(x)) (f′(π_θ(x)/p(x)) − B) ∇_θ log π_θ(x) ]

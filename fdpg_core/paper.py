@@ -2,9 +2,9 @@
 models of the paper's architectures.
 
 PAPER_MODELS and PAPER_DATASETS are the table of the paper's components
-(PAPER.md sections 3-4) with their Hugging Face hub ids; the tag says how sure
-we are that f-DPG used exactly that component ([lineage]: the setup of the
-predecessor papers; [unsure]: a likely choice, exposed as a parameter).
+(docs/METHOD.md) with their Hugging Face hub ids; the tag says how sure
+we are that f-DPG used exactly that component ("lineage": the setup of the
+predecessor papers GDC and CDPG; "unsure": a likely choice, exposed as a parameter).
 
 ``load_paper_model`` / ``load_paper_tokenizer`` / ``load_paper_dataset`` load
 them through transformers / datasets and fail fast when the hub can't be
@@ -107,8 +107,8 @@ PAPER_DATASETS: dict[str, PaperDataset] = {
         "movie reviews behind gpt2-imdb; review prefixes as prompts",
         "unsure"),
     # ETH Py150 Open lists file paths and licences of the Python150 files,
-    # not their code (that must be fetched from GitHub); how the lineage cut
-    # function signatures out of it is unsure.
+    # not their code (that must be fetched from GitHub); how the predecessor
+    # papers cut function signatures out of it is not known.
     "python150": PaperDataset(
         "google-research-datasets/eth_py150_open", None,
         "source of the function signatures for the code tasks", "unsure"),

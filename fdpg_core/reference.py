@@ -1,4 +1,4 @@
-"""Evaluating a policy π against a target p from samples (PAPER.md §5), for the experiment notebooks.
+"""Evaluating a policy π against a target p from samples (docs/METHOD.md, "Metrics"), for the experiment notebooks.
 
 Two sources of samples, two kinds of metric:
 

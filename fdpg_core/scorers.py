@@ -1,4 +1,4 @@
-"""Batched scorers b(x), r(x) and phi(x) for the tasks of PAPER.md section 3.
+"""Batched scorers b(x), r(x) and phi(x) for the paper's tasks (docs/METHOD.md).
 
 Every scorer is a callable ``scorer(samples) -> Tensor`` returning a float32
 CPU tensor of shape (B,) (a constraint b in {0, 1} or a scalar reward r) or
@@ -10,7 +10,7 @@ list of context strings and looks row i up as
 Every scorer also has ``score_texts(texts)`` (or ``score_pairs(texts,
 contexts)``) to score plain strings.
 
-Scorers, by task (PAPER.md section 3):
+Scorers, by task:
   pointwise    WordPresence("amazing"), WordListPresence("science")
   sentiment    VaderCompound (r in [-1, 1]), VaderPolarity (b, threshold),
                HFClassifier (the paper preset's classifier, by hub name)
@@ -347,7 +347,7 @@ class HFClassifier(TextScorer):
     """Score of one label of a Hugging Face sequence classifier.
 
     ``model_name`` is a name of fdpg_core.paper.PAPER_MODELS (default the
-    IMDB sentiment classifier of the lineage, [unsure] for f-DPG itself) and is
+    IMDB sentiment classifier of the GDC line of work; which one f-DPG used is not stated) and is
     loaded lazily, failing fast offline; or pass ``model`` and ``tokenizer``
     objects. ``output``: "log_prob" (log softmax of the label), "prob",
     "logit" (the label's raw logit, as TRL's IMDB example uses) or "binary"
@@ -513,7 +513,7 @@ class Compiles(ContextScorer):
     compiled, never run: ``import os; os.remove(...)`` is harmless here).
 
     ``method="codeop"`` uses ``codeop.compile_command(c + x, ..., "exec")``
-    as in the lineage, counting incomplete input (None) as a failure;
+    as in the CDPG code task, counting incomplete input (None) as a failure;
     ``method="compile"`` uses the builtin ``compile`` (whole-module mode).
     ``signatures=None`` compiles x alone.
     """

@@ -1,4 +1,4 @@
-"""Composable target distributions p(x) = P(x) / Z for f-DPG (PAPER.md §3).
+"""Composable target distributions p(x) = P(x) / Z for f-DPG (docs/METHOD.md, "Targets").
 
 A target is a base model a (an HF language model, scored with `sampling.score`) times factors:
 
@@ -86,7 +86,7 @@ class BinaryFactor:
     exactly a restricted to {b = 1}. With a finite floor the target becomes p ∝ a · max(b, e^floor):
     needed for reverse KL (key `rkl`), whose pseudo-reward −f′ = −(log t + 1) is −∞ wherever
     P(x) = 0. Forward KL, JS and TV handle P(x) = 0 without a floor. The floor is a modelling choice
-    (PAPER.md §1 [unsure]); the notebooks show its effect.
+    that the method leaves open (docs/METHOD.md, "Targets"); the notebooks show its effect.
     """
 
     name: str

@@ -1,4 +1,4 @@
-"""The f-DPG training loop (PAPER.md §2, Algorithm 1) and its documented configuration.
+"""The f-DPG training loop (Algorithm 1 of the paper; docs/METHOD.md) and its documented configuration.
 
     π_θ ← a;  Ẑ_c ← running mean;  B ← moving average of f′
     for each step:

@@ -316,7 +316,7 @@ def zoo_prompts(kind: str, n: int | None = None, *, split: str = "test", tokeniz
 # ----------------------------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class ZooTask:
-    """One task of PAPER.md section 3 on the zoo: p ∝ a · (factor built from `scorer`)."""
+    """One task of the paper (docs/METHOD.md, "Targets") on the zoo: p ∝ a · (factor built from `scorer`)."""
 
     model: str                                   # zoo name of the base model a
     paper: str                                   # the paper's task it stands for

@@ -71,7 +71,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOS, PAD = 0, 1, 2  # special ids of the small-vocabulary random models
-TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}  # CPU targets of issue 7
+TARGETS = {"sampling_v256": 1.2, "sampling_v5k_plus": 4.0, "fdpg_v5k_plus": 2.0}  # speed-up targets on a CPU (bench ratios)
 # targets of the mixed-precision rows, on hardware with bf16 units: bf16 / fp32 speed-ups and the weights' ESS
 PRECISION_TARGETS = {"sampling_bf16_over_fp32": 2.0, "step_bf16_over_fp32": 1.8, "ess": 0.95}
 OURS_IMPL = "auto"  # sampling.sample's impl for "ours" (set by main() from --impl)

@@ -53,7 +53,7 @@ def test_corpus_parses_with_provenance(mc, name):
 
 
 def test_data_folder_stays_small():
-    """Corpora, tokenizer and zoo models stay under ~60 MB (issue 3); the committed cpu-preset result files, which
+    """Corpora, tokenizer and zoo models stay under ~60 MB (a clone stays small); the committed cpu-preset result files, which
     grow with every experiment, have their own budget of 15 MB (7 significant digits per float, no indentation)."""
     def size(paths):
         return sum(p.stat().st_size for p in paths if p.is_file())

