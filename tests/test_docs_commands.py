@@ -3,8 +3,9 @@
 The code blocks are extracted from the documents; every bash command and every Python block is run in a copy of
 the repository (so the committed results and figures are never touched), with the venv linked in, and must exit 0.
 Two kinds of exceptions, each stated here:
-  - NOT_RUN: `make test` is the command that runs this suite (CI runs it through .ci/run); the nbval command is
-    run by the notebook tests (the test below checks they run the same arguments);
+  - NOT_RUN: `make test` is the command that runs this suite (CI runs it through .ci/run); `make lab` starts a
+    server that runs until stopped; the nbval command is run by the notebook tests (the test below checks they run
+    the same arguments);
   - REDUCED: a long command runs at a reduced size: the same command with the stated arguments appended (only
     sweep parameters that pick fewer runs, so the committed runs are still reused), or, for a Python block, the
     stated text substitutions (fewer steps).
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 NOT_RUN = {"make test": "this suite itself: CI runs it (.ci/run)",
+           "make lab": "starts a JupyterLab server that runs until it is stopped (tests/test_browser.py runs one)",
            ".venv/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks/00_toy_exact.ipynb":
                "run by tests/test_notebooks.py::test_nbval_lax_on_00_toy_exact (checked below)"}
 ONE_RUN = ["--set", "n_seeds=1", "divergences=[kl]"]  # one reused run: seed 0, forward KL

@@ -68,3 +68,30 @@ def test_user_facing_text_stands_alone():
     bad = [f"{f.relative_to(ROOT)}:{n}: {what}: {line}"
            for f in files if (text := text_of(f)) is not None for n, what, line in violations(text)]
     assert not bad, "\n".join(bad)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation and symbols dropped, spaces to '-'."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_links_into_the_method_name_its_sections():
+    """Every link `METHOD.md#section` (README, docs, notebooks) names a heading that docs/METHOD.md has."""
+    method = (ROOT / "docs" / "METHOD.md").read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", method, re.M)}
+    assert {"targets", "the-f-dpg-gradient", "algorithm-1-step-by-step", "metrics"} <= anchors, sorted(anchors)
+    links = [(f.relative_to(ROOT), a) for f in scanned_files() if (text := text_of(f)) is not None
+             for a in re.findall(r"METHOD\.md#([\w-]+)", text)]
+    assert links, "no link names a section of docs/METHOD.md"
+    assert not [(f, a) for f, a in links if a not in anchors], [(str(f), a) for f, a in links if a not in anchors]
+
+
+def test_in_page_links_name_a_heading():
+    """Every `[text](#section)` link of the README and docs/*.md (their tables of contents) names one of its headings."""
+    bad = []
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = md.read_text()
+        anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+        bad += [f"{md.relative_to(ROOT)} -> #{a}" for a in re.findall(r"\]\(#([^)\s]+)\)", text) if a not in anchors]
+    assert not bad, bad
