@@ -300,7 +300,7 @@ def test_blocked_draw_is_exact_in_support_and_distribution():
     """The compiled path's two-level inverse-CDF draw (run eagerly here): never a token of weight 0 (incl. the
     padding of a ragged last block and a block that ends in zeros), and the same token as the one-level draw
     away from CDF boundaries; its log-prob equals log_softmax."""
-    from fdpg_core.sampling import _draw
+    from fdpg_core.fast.draw import draw
 
     g = torch.Generator().manual_seed(0)
     V = 150  # blocks of 64: 64, 64, 22 (+ 42 padding)
@@ -312,7 +312,7 @@ def test_blocked_draw_is_exact_in_support_and_distribution():
     u = torch.rand(4000, 1, generator=g)
     u[1] = 0.0  # (1 − u)·total = total: the top end
     idx, lp = decoders._draw_blocked(logits, u)
-    ref_idx, ref_lp = _draw(logits, u)
+    ref_idx, ref_lp = draw(logits, u)
     assert torch.isfinite(logits.gather(1, idx[:, None])).all(), "a token of weight 0 was drawn"
     assert idx[0] == 63
     assert (idx == ref_idx).float().mean() > 0.999
