@@ -36,7 +36,7 @@ figures: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py --preset cpu
 
 ## make claims: rebuilds every verdict table in README.md and docs/RESULTS_*.md from data/results (one rule:
-## fdpg_core/verdicts.py); `scripts/make_claims.py --check` only reports what is out of date.
+## fdpg_core/kit/verdicts.py); `scripts/make_claims.py --check` only reports what is out of date.
 claims: $(STAMP)
 	$(BIN)/python scripts/make_claims.py
 

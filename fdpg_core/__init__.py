@@ -5,17 +5,18 @@ The public names a notebook needs are re-exported here; each lives in one small 
     divergences  the table of f-divergences (f, f′ as functions of log t) and exact D_f on a support
     losses       the f-DPG surrogate loss and the pseudo-reward −f′
     estimators   importance-sampled Ẑ, ESS, D_f(π‖p) with Ẑ, KL(π‖a), entropy
-    diversity    Distinct-n and Self-BLEU
+    samples      Samples (a batch of prompts + continuations) and the prompt helpers
     sampling     KV-cached ancestral sampler (inverse-CDF draw) and teacher-forced scoring
     targets      composable targets p ∝ a·Π factors, λ fitting by moment matching
     train        FDPGConfig and the training loop (Algorithm 1)
-    precision    FDPGConfig(precision=...): fp32, or bf16 samples made exact by importance weights
-    toy          enumerable tiny models for exact checks
+
+The experiment kit (zoo, scorers, toy problems, results, notebooks, the torchrun command line) lives in
+`fdpg_core.kit`; the accelerated paths of the same mathematics (fast decoders, score kernels, bf16
+proposals) in `fdpg_core.fast`.
 """
 from fdpg_core.divergences import DIVERGENCES, Divergence, alpha_divergence, exact_divergence, get_divergence
 from fdpg_core.losses import fdpg_loss, pseudo_reward
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, log_Z_hat, sequence_entropy
-from fdpg_core.diversity import distinct_n, self_bleu
 from fdpg_core.sampling import Samples, bos_prompts, decode, left_pad, repeat_prompts, sample, score
 from fdpg_core.targets import BinaryFactor, ExponentialFactor, ScalarFactor, Scored, Target, fit_lam
 from fdpg_core.train import FDPGConfig, train

@@ -29,16 +29,13 @@ Conventions
     and several times faster than torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
     All the U (T, B) are drawn from `generator` before the loop, so every decode implementation (`impl`) makes
     the same draws, and a CUDA graph needs no RNG inside.
-  * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (cuda_sampling:
+  * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (fast.decoders:
     the model's modules on a preallocated KV cache, GPT-2 / Llama, the CPU default), "static" / "graph" (the whole
     step on static buffers, captured as a CUDA graph: the CUDA default). All give the same samples and log_q.
     "compile" (opt-in, never chosen by "auto") compiles the static step with torch.compile (a two-level draw: the
     same distribution and log_q, tokens equal up to CDF-boundary rounding).
-  * score() never builds a (B, T, V) log-softmax: log π(x_t) = l_{x_t} − logsumexp(l), chunked over rows, with a
-    hand-written backward (g·(1[j = x_t] − softmax)) written in place. For GPT-2 / GPT-Neo / Llama it runs the
-    body (cuda_sampling.lean_hidden for GPT-2 / Llama in eval mode) and applies the LM head to the counted tokens
-    only; when their logits would exceed _SCORE_LOGITS_BYTES the head is recomputed chunk by chunk in backward
-    instead of being stored.
+  * score() never builds a (B, T, V) log-softmax: the kernels of fast.logprobs compute log π(x_t) of the
+    counted tokens only, with a hand-written backward.
   * Truncation (temperature ≠ 1, top_k, top_p) exists for EVALUATION only. It changes the sampling distribution:
     log_q is then the log-prob under the truncated distribution actually sampled from, which is not π_θ, so
     importance weights π_θ/q built from such samples are biased/undefined off the truncated support. Never train
@@ -57,10 +54,12 @@ import math
 import operator
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
+
+from fdpg_core.fast.draw import draw, truncate_logits
+from fdpg_core.fast.logprobs import fused_head, fused_head_logprobs, token_logprobs
+from fdpg_core.samples import Samples, bos_prompts, left_pad, repeat_prompts
 
 __all__ = [
     "Samples",
@@ -73,158 +72,6 @@ __all__ = [
     "make_stepper",
     "truncate_logits",
 ]
-
-# Max number of fp32 logits score() processes at once for its logsumexp and gradient (512k floats = 2 MiB: the
-# chunk stays in cache, and the (N, V) tensors are read / written once per pass).
-_SCORE_CHUNK_ELEMS = 1 << 19
-# Rows per head product when score() recomputes the LM head chunk by chunk (big enough for an efficient matmul).
-_HEAD_CHUNK_ROWS = 512
-# score() keeps the logits of the counted tokens for backward when they take at most this many bytes (fastest);
-# above it, the head is recomputed chunk by chunk in backward (one extra head product, bounded memory).
-_SCORE_LOGITS_BYTES = 1 << 28
-
-# Causal LMs whose forward is exactly `lm_head(base_model(...).last_hidden_state)`: score() runs the head itself,
-# chunk by chunk, and never materialises the (B, T, V) logits.
-_FUSED_HEAD_MODELS = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "LlamaForCausalLM")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Samples
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class Samples:
-    """A batch of B generated sequences (one row per sample) and the prompts they continue."""
-
-    prompt_ids: torch.Tensor  # (B, Tp) long, left padded
-    prompt_mask: torch.Tensor  # (B, Tp) long, 1 = real prompt token
-    tokens: torch.Tensor  # (B, T) long, pad_token_id after EOS
-    mask: torch.Tensor  # (B, T) bool, True up to and including EOS
-    log_q: torch.Tensor  # (B,) float32, Σ_t log q(x_t | x_<t, c) over mask, no grad
-    context_ids: torch.Tensor  # (B,) long, which context (prompt) each row came from; all 0 if unconditional
-    texts: list[str] | None = None  # decoded generated part, filled by decode()
-    pad_token_id: int | None = None  # filler used after EOS (needed by Samples.cat for ragged lengths)
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """(B,) number of generated tokens counted in log_q (EOS included)."""
-        return self.mask.sum(-1)
-
-    def to(self, device) -> Samples:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in moved.items():
-            if isinstance(v, torch.Tensor):
-                moved[k] = v.to(device)
-        return Samples(**moved)
-
-    def index(self, rows) -> Samples:
-        """Select rows (LongTensor of indices, bool mask (B,), slice or list of ints)."""
-        if isinstance(rows, list):
-            rows = torch.as_tensor(rows, dtype=torch.long)
-        if isinstance(rows, torch.Tensor):
-            rows = rows.to(self.tokens.device)
-            if rows.dtype == torch.bool and rows.shape != (len(self),):
-                raise ValueError(f"bool row mask must have shape ({len(self)},), got {tuple(rows.shape)}")
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor):
-                out[k] = v[rows]
-        if self.texts is not None:
-            idx = torch.arange(len(self))[rows.cpu() if isinstance(rows, torch.Tensor) else rows]
-            out["texts"] = [self.texts[i] for i in idx.reshape(-1).tolist()]
-        return Samples(**out)
-
-    @staticmethod
-    def cat(parts: Sequence[Samples]) -> Samples:
-        """Concatenate along the batch; ragged prompts are left padded and ragged continuations right padded
-        (with each part's pad_token_id; prompt pads get mask 0, continuation pads get mask False)."""
-        if len(parts) == 0:
-            raise ValueError("Samples.cat needs at least one Samples, got an empty sequence")
-        Tp = max(p.prompt_ids.shape[1] for p in parts)
-        T = max(p.tokens.shape[1] for p in parts)
-        pads = sorted({p.pad_token_id for p in parts if p.pad_token_id is not None})
-        pad = pads[0] if len(pads) == 1 else None
-        ragged = any(p.prompt_ids.shape[1] != Tp or p.tokens.shape[1] != T for p in parts)
-        if ragged and pad is None:
-            raise ValueError(
-                "Samples.cat: parts have different lengths and need one common pad_token_id to be padded, "
-                f"got pad ids {pads} (set Samples.pad_token_id)"
-            )
-
-        def lpad(x, n, value):  # (B, t) -> (B, n), left
-            return torch.nn.functional.pad(x, (n - x.shape[1], 0), value=value)
-
-        def rpad(x, n, value):  # (B, t) -> (B, n), right
-            return torch.nn.functional.pad(x, (0, n - x.shape[1]), value=value)
-
-        texts = None
-        if all(p.texts is not None for p in parts):
-            texts = [t for p in parts for t in p.texts]
-        return Samples(
-            prompt_ids=torch.cat([lpad(p.prompt_ids, Tp, pad or 0) for p in parts]),
-            prompt_mask=torch.cat([lpad(p.prompt_mask, Tp, 0) for p in parts]),
-            tokens=torch.cat([rpad(p.tokens, T, pad or 0) for p in parts]),
-            mask=torch.cat([rpad(p.mask, T, False) for p in parts]),
-            log_q=torch.cat([p.log_q for p in parts]),
-            context_ids=torch.cat([p.context_ids for p in parts]),
-            texts=texts,
-            pad_token_id=pad,
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Prompt helpers
-# ----------------------------------------------------------------------------------------------------------------
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left pad lists of token ids -> ids (C, Tp) long, mask (C, Tp) long (1 = real token)."""
-    try:
-        pad = None if isinstance(pad_id, bool) else operator.index(pad_id)
-    except TypeError:
-        pad = None
-    if pad is None or pad < 0:
-        raise ValueError(f"left_pad: pad_id={pad_id!r}; allowed: an int token id >= 0 (e.g. tokenizer.pad_token_id, "
-                         "or tokenizer.eos_token_id when the tokenizer has no pad token, as GPT-2's)")
-    if len(seqs) == 0:
-        raise ValueError("left_pad needs at least one sequence, got an empty list")
-    lens = [len(s) for s in seqs]
-    if min(lens) == 0:
-        raise ValueError(f"left_pad: every sequence needs ≥ 1 token, got lengths {lens}")
-    Tp = max(lens)
-    ids = torch.full((len(seqs), Tp), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), Tp), dtype=torch.long)
-    for i, s in enumerate(seqs):  # prompt construction, not the hot path
-        ids[i, Tp - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, Tp - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def repeat_prompts(
-    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """C prompts -> C·n rows (each prompt n times, consecutively) and context_ids (C·n,) = [0]*n + [1]*n + ...."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"repeat_prompts: n must be an int ≥ 1, got {n!r}")
-    if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
-        raise ValueError(
-            f"repeat_prompts: prompt_ids and prompt_mask must both be (C, Tp), got "
-            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
-        )
-    C = prompt_ids.shape[0]
-    context_ids = torch.arange(C, device=prompt_ids.device).repeat_interleave(n)  # (C·n,)
-    return prompt_ids[context_ids], prompt_mask[context_ids], context_ids
-
-
-def bos_prompts(n: int, bos_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unconditional generation: n prompts of just BOS -> ids (n, 1), mask (n, 1)."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"bos_prompts: n must be an int ≥ 1, got {n!r}")
-    if bos_token_id is None:
-        raise ValueError("bos_prompts: bos_token_id is None; pass the model's BOS id (GPT-2: eos = bos = 50256)")
-    ids = torch.full((n, 1), int(bos_token_id), dtype=torch.long, device=device)
-    return ids, torch.ones_like(ids)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model plumbing
@@ -263,14 +110,14 @@ def _position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _eval_mode(model):
-    """model.eval() for the duration, then restore every submodule's own training flag."""
+    """model.eval() for the duration (yields the model), then restore every submodule's own training flag."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield
+        yield model
     finally:
-        for m, f in flags:
-            m.training = f
+        for m, flag in flags:
+            m.training = flag
 
 
 class _CausalStepper:
@@ -345,14 +192,14 @@ IMPLS = ("auto", "hf", "lean", "static", "graph", "compile")
 
 
 def _resolve_impl(model, impl: str, device) -> str:
-    """auto -> graph (CUDA) or lean (CPU) for models cuda_sampling supports, else hf. Explicit choices are checked."""
+    """auto -> graph (CUDA) or lean (CPU) for models fast.decoders supports, else hf. Explicit choices are checked."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "hf":
         return impl
-    from fdpg_core import cuda_sampling  # lazy: keeps `import fdpg_core.sampling` light
+    from fdpg_core.fast import decoders  # lazy: keeps `import fdpg_core.sampling` light
 
-    reason = cuda_sampling.unsupported_reason(model)
+    reason = decoders.unsupported_reason(model)
     if impl == "auto":
         if reason is not None:
             return "hf"
@@ -363,7 +210,7 @@ def _resolve_impl(model, impl: str, device) -> str:
         raise ValueError(f"impl='graph' needs a CUDA model, got device {device}; allowed here: 'auto', 'hf', "
                          "'lean', 'static', 'compile'")
     if impl == "compile":
-        why = cuda_sampling.compile_unavailable_reason()
+        why = decoders.compile_unavailable_reason()
         if why is not None:
             raise ValueError(f"impl='compile' is unavailable: {why}")
     return impl
@@ -373,55 +220,17 @@ def make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl: str = 
                  reuse_buffers: bool = False):
     """The decode step used by sample(): `.prefill() -> logits (B, V)` then `.step(tok (B,)) -> logits (B, V)`.
 
-    impl: "auto" (the lean static-cache decoder of cuda_sampling for GPT-2 / Llama models, HF otherwise), "hf"
+    impl: "auto" (the lean static-cache decoder of fast.decoders for GPT-2 / Llama models, HF otherwise), "hf"
     (the model's own forward with its KV cache) or "lean". reuse_buffers (lean only): return one reused (B, V)
     logits buffer, valid until the next call."""
     device = prompt_ids.device
     impl = _resolve_impl(model, impl, device)
     if impl in ("lean", "static", "graph", "compile"):
-        from fdpg_core.cuda_sampling import LeanStepper
+        from fdpg_core.fast.decoders import LeanStepper
 
         return LeanStepper(model, prompt_ids, prompt_mask, max_new_tokens, reuse_buffers=reuse_buffers)
     cls = _Seq2SeqStepper if _is_encoder_decoder(model) else _CausalStepper
     return cls(model, prompt_ids, prompt_mask, max_new_tokens)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Drawing one token
-# ----------------------------------------------------------------------------------------------------------------
-def truncate_logits(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
-    """Evaluation-only truncation of (B, V) logits: l/temperature, keep the top_k largest (ties kept), keep the
-    smallest set of most likely tokens whose mass ≥ top_p. Removed tokens get −inf. Identity with the defaults."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1.0:
-        sorted_l, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        p = torch.softmax(sorted_l, dim=-1)
-        mass_before = p.cumsum(-1) - p  # mass of strictly more likely tokens
-        drop_sorted = mass_before >= top_p  # the most likely token always kept (mass_before = 0 < top_p)
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, -math.inf)
-    return logits
-
-
-def _draw(logits: torch.Tensor, u: torch.Tensor, work: torch.Tensor | None = None):
-    """Exact categorical draw from softmax(logits (B, V)) by inverse CDF -> (idx (B,), log-prob (B,)).
-
-    u (B, 1): uniforms in [0, 1) (drawn before the decode loop). work: optional reusable fp32 (B, V) buffer for the
-    cumulative weights (a fresh tensor of tens of MB per step costs page faults on CPU)."""
-    logits = logits.float()
-    m = logits.amax(-1, keepdim=True)  # (B, 1) (amax: max(-1) also computes indices, ~10× slower on CPU)
-    w = torch.sub(logits, m, out=work) if work is not None else logits - m
-    cdf = w.exp_().cumsum_(-1)  # (B, V) unnormalised CDF, in place: cdf_j = Σ_{i ≤ j} exp(l_i − m)
-    total = cdf[:, -1:]  # (B, 1)
-    idx = torch.searchsorted(cdf, (1.0 - u) * total)  # (B, 1), first j with cdf_j ≥ u' for u' ∈ (0, total]
-    idx = idx.clamp_(max=cdf.shape[-1] - 1)
-    # log q(idx) = l_idx − logsumexp(l) = (l_idx − m) − log Σ_j exp(l_j − m)
-    logp = (logits.gather(-1, idx) - m - total.log()).squeeze(-1)  # (B,)
-    return idx.squeeze(-1), logp
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -492,7 +301,7 @@ def _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id, trun
         # b) draw x_t ~ q(.|x_<t, c); finished rows emit pad and count nothing
         if truncation is not None:
             logits = truncate_logits(logits.float(), *truncation)
-        tok, logp = _draw(logits, U[t], work)  # (B,), (B,)
+        tok, logp = draw(logits, U[t], work)  # (B,), (B,)
         alive = ~finished
         tok = torch.where(alive, tok, pad_token_id)
         tokens[:, t] = tok
@@ -535,10 +344,10 @@ def sample(
     sync_every: check "all rows finished" (a host sync) every this many steps; T never depends on it.
     impl: decode implementation, identical distributions (the uniforms are drawn before the loop, so the same
       generator state gives the same draws up to rounding of the logits):
-      "auto"   "graph" on CUDA / "lean" on CPU when cuda_sampling supports the model (GPT-2, Llama), else "hf";
+      "auto"   "graph" on CUDA / "lean" on CPU when fast.decoders supports the model (GPT-2, Llama), else "hf";
       "hf"     the model's own forward and KV cache, one call per token (any HF causal LM or encoder-decoder);
-      "lean"   cuda_sampling.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
-      "static" cuda_sampling.StaticSampler eagerly (device-side step counter, static shapes; for tests);
+      "lean"   fast.decoders.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
+      "static" fast.decoders.StaticSampler eagerly (device-side step counter, static shapes; for tests);
       "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape);
       "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile into two Inductor
                graphs (decode body; draw + bookkeeping) around the eager LM head (needs a C++ compiler; the first
@@ -583,7 +392,7 @@ def sample(
 
     with _eval_mode(model), torch.no_grad():  # no_grad (not inference_mode): outputs feed later grad forwards
         if impl in ("static", "graph", "compile"):
-            from fdpg_core.cuda_sampling import sample_static
+            from fdpg_core.fast.decoders import sample_static
 
             tokens, mask, log_q = sample_static(
                 model, prompt_ids, prompt_mask, U, eos_ids=eos_list, pad_id=pad_token_id,
@@ -610,124 +419,6 @@ def sample(
 # ----------------------------------------------------------------------------------------------------------------
 # score
 # ----------------------------------------------------------------------------------------------------------------
-def _lse(l: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """fp32 logsumexp over the last dim of (r, V) logits `l` (any float dtype) -> (r,), with the fp32 (r, V) `buf`
-    as scratch (overwritten; buf may be l itself when l is fp32)."""
-    m = l.amax(-1, keepdim=True).float()  # (r, 1)
-    return (m + torch.sub(l, m, out=buf).exp_().sum(-1, keepdim=True).log_()).squeeze(-1)  # m + log Σ exp(l − m)
-
-
-def _head_into(h: torch.Tensor, W: torch.Tensor, b, buf: torch.Tensor) -> torch.Tensor:
-    """fp32 logits h Wᵀ + b of r rows written into buf (r, V), computed in the weights' dtype like nn.Linear."""
-    if W.dtype == torch.float32 and h.dtype == torch.float32:
-        return torch.mm(h, W.t(), out=buf) if b is None else torch.addmm(b, h, W.t(), out=buf)
-    return buf.copy_(F.linear(h, W, b))  # e.g. bf16 logits, upcast (what score() did with model(...).logits)
-
-
-class _HeadLogProb(torch.autograd.Function):
-    """log softmax(h Wᵀ + b)[y] for N rows, (N,) fp32, without the (N, V) logits: rows go through the head in
-    chunks of R into one reused fp32 buffer; backward recomputes each chunk's logits (one more head product)
-    instead of storing them.  ∂ log p_n / ∂ l_{n,j} = 1[j = y_n] − softmax(l_n)_j."""
-
-    @staticmethod
-    def forward(ctx, h, W, b, y, R):
-        N, V = h.shape[0], W.shape[0]
-        out = torch.empty(N, dtype=torch.float32, device=h.device)  # (N,)
-        lse = torch.empty(N, dtype=torch.float32, device=h.device)  # (N,)
-        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=h.device)  # (R, V) reused
-        for s in range(0, N, R):
-            e = min(N, s + R)
-            l = _head_into(h[s:e], W, b, buf[: e - s])  # (r, V)
-            chosen = l.gather(1, y[s:e, None]).squeeze(1)  # l_y before _lse overwrites l
-            lse[s:e] = _lse(l, l)
-            out[s:e] = chosen - lse[s:e]  # log p(y) = l_y − logsumexp(l)
-        ctx.save_for_backward(h, W, b, y, lse)
-        ctx.R = R
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        h, W, b, y, lse = ctx.saved_tensors
-        need_h, need_W, need_b = ctx.needs_input_grad[:3]
-        N, R = h.shape[0], ctx.R
-        g = g.float().contiguous()  # (N,)
-        gh = torch.empty_like(h) if need_h else None
-        gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need_W else None
-        gb = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if (need_b and b is not None) else None
-        buf = torch.empty((max(1, min(R, N)), W.shape[0]), dtype=torch.float32, device=h.device)
-        for s in range(0, N, R):
-            e = min(N, s + R)
-            d = _head_into(h[s:e], W, b, buf[: e - s]).sub_(lse[s:e, None]).exp_()  # (r, V) softmax
-            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])  # g·(1[j = y] − softmax)
-            dw = d if W.dtype == torch.float32 else d.to(W.dtype)
-            if need_h:
-                gh[s:e] = dw @ W  # (r, E)
-            if need_W:
-                gW.addmm_(d.t(), h[s:e].float())  # (V, E) += dᵀ h
-            if gb is not None:
-                gb += d.sum(0)
-        return (gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None)
-
-
-class _LogitsLogProb(torch.autograd.Function):
-    """log softmax(logits)[y] for (N, V) logits (any model), (N,) fp32, chunked over rows; backward writes the one
-    (N, V) gradient chunk by chunk, in place (autograd through slices would allocate a full-size zero tensor per
-    chunk, and log_softmax keeps a second (N, V) tensor)."""
-
-    @staticmethod
-    def forward(ctx, logits, y, R):
-        N, V = logits.shape
-        out = torch.empty(N, dtype=torch.float32, device=logits.device)
-        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
-        buf = torch.empty((max(1, min(R, N)), V), dtype=torch.float32, device=logits.device)  # (R, V) reused
-        for s in range(0, N, R):
-            e = min(N, s + R)
-            l = logits[s:e]  # (r, V)
-            lse[s:e] = _lse(l, buf[: e - s])
-            out[s:e] = l.gather(1, y[s:e, None]).squeeze(1).float() - lse[s:e]  # log p(y) = l_y − lse
-        ctx.save_for_backward(logits, y, lse)
-        ctx.R = R
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        logits, y, lse = ctx.saved_tensors
-        N, R = logits.shape[0], ctx.R
-        g = g.float().contiguous()
-        grad = torch.empty_like(logits)  # (N, V)
-        fp32 = logits.dtype == torch.float32
-        buf = None if fp32 else torch.empty((max(1, min(R, N)), logits.shape[1]), device=logits.device)
-        for s in range(0, N, R):
-            e = min(N, s + R)
-            d = torch.sub(logits[s:e], lse[s:e, None], out=grad[s:e] if fp32 else buf[: e - s]).exp_()  # softmax
-            d.mul_(-g[s:e, None]).scatter_add_(1, y[s:e, None], g[s:e, None])  # g·(1[j = y] − softmax)
-            if not fp32:
-                grad[s:e] = d
-        return grad, None, None
-
-
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets] for (B, T, V) logits -> (B, T), without a (B, T, V) log_softmax copy."""
-    B, T, V = logits.shape
-    R = max(1, _SCORE_CHUNK_ELEMS // V)
-    return _LogitsLogProb.apply(logits.reshape(B * T, V), targets.reshape(B * T), R).view(B, T)
-
-
-def _lean_ok(model) -> bool:
-    """score() runs the lean (cache-free) forward of cuda_sampling: a supported model with no module in training
-    mode (the lean forward has no dropout)."""
-    if any(m.training for m in model.modules()):
-        return False
-    from fdpg_core.cuda_sampling import unsupported_reason
-
-    return unsupported_reason(model) is None
-
-
-def _fused_head(model) -> bool:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return type(model).__name__ in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
-
-
 def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> torch.Tensor:
     """Teacher-forced log π(x | prompt) = Σ_{t: mask} log π(x_t | x_<t, prompt), (B,), differentiable.
 
@@ -756,34 +447,17 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
             decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1),  # (B, T) shifted right
             use_cache=False,
         ).logits  # (B, T, V)
-        tok_logp = _token_logprobs(logits, tokens)  # (B, T)
+        tok_logp = token_logprobs(logits, tokens)  # (B, T)
     else:
         # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}
         attn = torch.cat([prompt_mask, mask[:, :-1].long()], dim=1)
         inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
                       position_ids=_position_ids(attn), use_cache=False)
-        if _fused_head(model):
-            # hidden states only; the head runs over the counted positions only (in chunks when recomputed)
-            if _lean_ok(model):
-                from fdpg_core.cuda_sampling import lean_hidden
-
-                hidden = lean_hidden(model, inputs["input_ids"], attn, inputs["position_ids"])[:, -T:]  # (B, T, E)
-            else:
-                hidden = model.base_model(**inputs).last_hidden_state[:, -T:]  # (B, T, E)
-            rows = mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of counted tokens
-            head = model.get_output_embeddings()
-            W, b = head.weight, head.bias  # (V, E), (V,) or None
-            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, E)
-            y = tokens.reshape(-1).index_select(0, rows)  # (N,)
-            if h.shape[0] * W.shape[0] * 4 <= _SCORE_LOGITS_BYTES:
-                R = max(1, _SCORE_CHUNK_ELEMS // W.shape[0])
-                lp = _LogitsLogProb.apply(F.linear(h, W, b), y, R)  # (N,); logits of counted tokens only
-            else:
-                lp = _HeadLogProb.apply(h, W, b, y, _HEAD_CHUNK_ROWS)  # (N,); no (N, V) tensor at all
-            tok_logp = torch.zeros(B * T, dtype=lp.dtype, device=device).scatter(0, rows, lp).view(B, T)
+        if fused_head(model):
+            tok_logp = fused_head_logprobs(model, inputs, tokens, mask)  # (B, T)
         else:
             logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)
-            tok_logp = _token_logprobs(logits, tokens)  # (B, T)
+            tok_logp = token_logprobs(logits, tokens)  # (B, T)
     tok_logp = torch.where(mask, tok_logp, 0.0)  # nothing after EOS counts
     return tok_logp if return_token_logprobs else tok_logp.sum(-1)
 

@@ -23,7 +23,6 @@ stationary point is E_{p_λ}[φ] = μ̄ under the SNIS estimate of p_λ ∝ a·e
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import reprlib
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from fdpg_core import sampling
+from fdpg_core.sampling import _eval_mode
 from fdpg_core.losses import NonFiniteLossError
 
 Scorer = Callable[..., Tensor]
@@ -40,18 +40,6 @@ Scorer = Callable[..., Tensor]
 __all__ = [
     "Scored", "Target", "BinaryFactor", "ScalarFactor", "ExponentialFactor", "LamFit", "fit_lam",
 ]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Temporarily put `model` in eval mode (no dropout), restoring every submodule's own flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _call_scorer(name: str, scorer: Scorer, samples, expect_dim: int) -> Tensor:

@@ -33,7 +33,7 @@ Decisions (see also the field docs of `FDPGConfig`):
   * Files: a fresh run refuses an out_dir that already holds a run (resume=True continues it, overwrite=True
     replaces it); nothing on disk changes before the first record, so a run that fails validation writes nothing;
     history.jsonl is append-only (rewritten atomically only when a resume drops the rows past its checkpoint).
-  * precision='bf16' (fdpg_core/precision.py): step 1 samples from a bf16 copy q of the sampling model (refreshed
+  * precision='bf16' (fdpg_core/fast/precision.py): step 1 samples from a bf16 copy q of the sampling model (refreshed
     every step) with q's exact log q, log π_θ is computed under bf16 autocast (float32 weights and Adam state), and
     every sample is weighted by π_θ/q as with an offline proposal; the target is scored as given (its base keeps
     its precision). train/ess is the weights' effective sample size (1 when q = π_θ: online fp32).
@@ -67,7 +67,7 @@ from fdpg_core import distributed as dist_
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
-from fdpg_core.precision import PRECISIONS, MixedPrecision
+from fdpg_core.fast.precision import PRECISIONS, MixedPrecision
 from fdpg_core.sampling import Samples, _vocab_size, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
@@ -162,7 +162,7 @@ class FDPGConfig:
     log q; log π_θ under bf16 autocast with float32 weights and Adam state; every sample weighted by π_θ/q, so the
     gradient is the same in expectation; the weights' effective sample size is logged as train/ess; the base a keeps
     its own precision, so the target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units: a CPU with
-    AMX or AVX512-BF16, a CUDA GPU with native bf16; fp32 elsewhere). See fdpg_core/precision.py."""
+    AMX or AVX512-BF16, a CUDA GPU with native bf16; fp32 elsewhere). See fdpg_core/fast/precision.py."""
 
     def __post_init__(self):
         bad = []

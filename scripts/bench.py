@@ -79,16 +79,16 @@ OURS_IMPL = "auto"  # sampling.sample's impl for "ours" (set by main() from --im
 
 def default_impl(device: str) -> str:
     """impl="compile" on CPU where torch.compile can build code, else the library default "auto"."""
-    from fdpg_core.cuda_sampling import compile_unavailable_reason
+    from fdpg_core.fast.decoders import compile_unavailable_reason
 
     return "compile" if torch.device(device).type == "cpu" and compile_unavailable_reason() is None else "auto"
 
 
 def _compile_s(model):
     """Seconds the first call of our compiled samplers of `model` took (tracing + compiling), or None."""
-    from fdpg_core import cuda_sampling
+    from fdpg_core.fast import decoders
 
-    secs = [s.compile_s for s in cuda_sampling._GRAPHS.get(model, {}).values() if s.compile_s is not None]
+    secs = [s.compile_s for s in decoders._GRAPHS.get(model, {}).values() if s.compile_s is not None]
     return sum(secs) if secs else None
 
 # SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M-Instruct), for the random-weight GPU stand-in
@@ -102,7 +102,7 @@ SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, 
 # ----------------------------------------------------------------------------------------------------------------
 def _free_graphs():
     """Drop captured CUDA graphs (and their KV caches) of models a case is done with."""
-    from fdpg_core.cuda_sampling import clear_graph_cache
+    from fdpg_core.fast.decoders import clear_graph_cache
 
     clear_graph_cache()
     if torch.cuda.is_available():
@@ -111,11 +111,11 @@ def _free_graphs():
 
 def _graphs_captured(model):
     """On CUDA: did our sampler run as a captured graph for this model (None on CPU)?"""
-    from fdpg_core import cuda_sampling
+    from fdpg_core.fast import decoders
 
-    if not torch.cuda.is_available() or model not in cuda_sampling._GRAPHS:
+    if not torch.cuda.is_available() or model not in decoders._GRAPHS:
         return None
-    return any(s.graph is not None for s in cuda_sampling._GRAPHS[model].values())
+    return any(s.graph is not None for s in decoders._GRAPHS[model].values())
 
 
 def _sync(device):
@@ -518,7 +518,7 @@ def exactness(model, B, Tp, T, device, eos=None) -> dict:
 def precision_sampling_case(name, model, ids, mask, T, reps, device, note=""):
     """Tokens/s of sample() from the fp32 model and from its bf16 copy (impl="auto"), and of generate() fp32, on the
     left-padded prompts ids, mask (B, Tp)."""
-    from fdpg_core.precision import MixedPrecision
+    from fdpg_core.fast.precision import MixedPrecision
     from fdpg_core.sampling import sample
 
     V = model.get_output_embeddings().weight.shape[0]
@@ -551,7 +551,7 @@ def make_precision_step(policy, target, opt, precision, ids, mask, T, device, es
     Appends the ESS fraction of the weights (1 when q = π_θ) to ess_log."""
     from fdpg_core.estimators import ess, log_Z_hat
     from fdpg_core.losses import fdpg_loss
-    from fdpg_core.precision import MixedPrecision
+    from fdpg_core.fast.precision import MixedPrecision
     from fdpg_core.sampling import sample, score
 
     prec = MixedPrecision(precision, device)
@@ -576,7 +576,7 @@ def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: 
     ESS of the weights at every bf16 step; the shift of log a when the base is scored in bf16. The fp32 and bf16
     matmul peaks (mm_n² products) are timed in the same interleaved rounds as the steps, so that the efficiencies
     compare throughputs measured under the same load."""
-    from fdpg_core.precision import bf16_copy
+    from fdpg_core.fast.precision import bf16_copy
     from fdpg_core.sampling import sample, score
     from fdpg_core.targets import ScalarFactor, Target
 
@@ -632,8 +632,8 @@ def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: 
 
 def precision_section(p: dict, device, log=print) -> dict:
     """The mixed-precision rows: each model's sampling and step cases; efficiency against the matmul peaks."""
-    from fdpg_core.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
-    from fdpg_core.smollm import load_smollm2
+    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
+    from fdpg_core.kit.smollm import load_smollm2
 
     cfg = p["precision"]
     out = {"impl": "auto", "bf16_units": has_bf16_units(device), "auto_precision": resolve_precision("auto", device),
@@ -712,7 +712,7 @@ def machine_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name()
     else:  # CPUs with bf16 units get their own files (their bf16 rows differ in kind)
-        from fdpg_core.precision import cpu_bf16_flags
+        from fdpg_core.fast.precision import cpu_bf16_flags
 
         flags = cpu_bf16_flags()
         unit = "-amx" if "amx_bf16" in flags else "-avx512bf16" if "avx512_bf16" in flags else ""
@@ -722,7 +722,7 @@ def machine_name(device: str) -> str:
 
 def run_tests(out_dir: Path, device: str) -> dict:
     """pytest on the sampler's test files (the `cuda` ones run where a GPU is visible); log kept next to the JSON."""
-    files = ["tests/test_sampling.py", "tests/test_cuda_sampling.py"]
+    files = ["tests/test_sampling.py", "tests/fast/test_decoders.py"]
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
                           capture_output=True, text=True, cwd=ROOT, timeout=900,
@@ -747,8 +747,8 @@ SECTIONS = ("matmul_flop_s", "distribution_check", "sampling", "sampling_smollm2
 
 
 def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None, only=None) -> dict:
-    from fdpg_core.precision import cpu_bf16_flags, cpu_model
-    from fdpg_core.smollm import load_smollm2
+    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model
+    from fdpg_core.kit.smollm import load_smollm2
 
     p = plan(device, quick)
     t_start = time.time()

@@ -1,7 +1,7 @@
 """Rebuild every verdict table of the Results (README.md, docs/RESULTS_*.md) from the committed result files.
 
 Each claim of the paper is written below as ordering chains on one metric ("rkl ≥ js ≈ tv > kl" on E_π[r]) and
-decided by the one rule of `fdpg_core.verdicts`, per setting (task, β, model size, ...). The generated text sits in
+decided by the one rule of `fdpg_core.kit.verdicts`, per setting (task, β, model size, ...). The generated text sits in
 the Markdown files between markers, and only there:
 
     <!-- claims:begin NAME -->
@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
-from fdpg_core import results  # noqa: E402
-from fdpg_core import verdicts as V  # noqa: E402
+from fdpg_core.kit import results  # noqa: E402
+from fdpg_core.kit import verdicts as V  # noqa: E402
 
 RESULTS = REPO / "data" / "results"
 FILES = ["README.md", "docs/RESULTS_01_02.md", "docs/RESULTS_03_06.md", "docs/RESULTS_07_08.md"]

@@ -366,7 +366,7 @@ class Generator:
         import torch
 
         sys.path.insert(0, str(REPO))
-        from fdpg_core.smollm import load_smollm2
+        from fdpg_core.kit.smollm import load_smollm2
 
         self.torch = torch
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -461,14 +461,6 @@ def _news_prompt(rng):
                        f"Write 4 to 6 sentences.")
 
 
-def truncate_article(text: str, max_chars: int = 900) -> str:
-    """First sentences of an article, at most max_chars (cut at a sentence end when possible)."""
-    if len(text) <= max_chars:
-        return text
-    cut = max(text.rfind(". ", 0, max_chars), text.rfind("? ", 0, max_chars), text.rfind("! ", 0, max_chars))
-    return text[:cut + 1] if cut > max_chars // 3 else text[:max_chars].rsplit(" ", 1)[0]
-
-
 SUMMARY_PROMPT = "Summarize this news article in one or two sentences.\n\nArticle: {article}"
 
 
@@ -525,6 +517,8 @@ def make_generated(out: Path, args) -> None:
     news = recs
 
     # summaries: every real Lee article k times first (the real part), then generated reports, until the budget
+    from fdpg_core.kit.zoo import truncate_article  # the zoo's own cut (REPO is on sys.path: see Generator)
+
     arts = []
     lee_path = Path(args.lee) if args.lee else out / "news_lee.jsonl.gz"
     if lee_path.is_file():

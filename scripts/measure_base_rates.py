@@ -1,4 +1,4 @@
-"""Measure every zoo task's base rate under its base model a (fdpg_core.zoo.ZOO_TASKS).
+"""Measure every zoo task's base rate under its base model a (fdpg_core.kit.zoo.ZOO_TASKS).
 
 For each task: ancestral samples from a (pure sampling: temperature 1, no top-k/top-p; seeded), decoded and scored
 with the task's scorer. Binary constraints give Ẑ = E_a[b] (with its binomial standard error), distributional
@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from fdpg_core import sampling, zoo  # noqa: E402
+from fdpg_core import sampling  # noqa: E402
+from fdpg_core.kit import zoo  # noqa: E402
 
 
 def draw(model, prompts: zoo.ZooPrompts, n_per: int, max_new_tokens: int, seed: int, batch_size: int):
@@ -56,7 +57,7 @@ def summarise(task: str, values: torch.Tensor, s) -> dict:
         out["mean"] = [round(float(v), 4) for v in mu]
         out["se"] = [round(float((v * (1 - v) / n) ** 0.5), 4) for v in mu]
         if task == "professions":
-            from fdpg_core.scorers import PROFESSIONS
+            from fdpg_core.kit.scorers import PROFESSIONS
             out["features"] = list(PROFESSIONS)
     elif t.kind == "scalar":
         out["mean"] = round(float(values.mean()), 4)

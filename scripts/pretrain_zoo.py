@@ -101,7 +101,7 @@ def grounded(recs):
     restriction."""
     if not recs:
         return recs
-    from fdpg_core.scorers import EntityConsistency
+    from fdpg_core.kit.scorers import EntityConsistency
 
     arts = [r["article"] for r in recs]
     keep = EntityConsistency(arts, min_entities=0).score_pairs([r["summary"] for r in recs], arts)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry poi
 import nbformat  # noqa: E402
 import yaml  # noqa: E402
 
-from fdpg_core.notebook import (copy_checked_outputs, list_notebooks, preset_file, preset_values,  # noqa: E402
-                                run_notebook)
+from fdpg_core.kit.notebook import (copy_checked_outputs, list_notebooks, preset_file, preset_values,  # noqa: E402
+                                    run_notebook)
 
 PRESETS = ("smoke", "cpu", "paper")
 

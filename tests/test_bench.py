@@ -76,7 +76,7 @@ def test_quick_run_writes_results_and_same_distribution(quick_run):
 def test_quick_run_has_the_mixed_precision_rows(quick_run):
     """The JSON names the CPU and its bf16 flags (and the file name its bf16 units); each precision row times the
     three sampling sides and the three step sides, with the ESS of every bf16 step and the step's FLOPs."""
-    from fdpg_core.precision import cpu_bf16_flags, resolve_precision
+    from fdpg_core.fast.precision import cpu_bf16_flags, resolve_precision
 
     res, out = quick_run
     saved = json.loads((out / f"{res['machine']}-quick.json").read_text())

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from fdpg_core.notebook import NOTEBOOK_DIR, kernel_env
+from fdpg_core.kit.notebook import NOTEBOOK_DIR, kernel_env
 
 # Notebook 00 prints its tables as Markdown text today. Once it displays them as HTML (IPython.display), switch this
 # on (or set FDPG_EXPECT_HTML_TABLES=1) and the test also requires an HTML <table> in an output area.

@@ -17,10 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fdpg_core import distributed
-from fdpg_core.notebook import kernel_env
+from fdpg_core.kit.notebook import kernel_env
 from fdpg_core.sampling import sample
 from fdpg_core.targets import BinaryFactor, Target
-from fdpg_core.toy import make_toy_problem
+from fdpg_core.kit.toy import make_toy_problem
 from fdpg_core.train import FDPGConfig, NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_torchrun_two_processes_raise_the_constraint_rate_and_write_one_results_
     n_steps, B = 20, 32
     sets = dict(divergence="js", n_steps=n_steps, batch_size=B, lr=0.01, warmup_steps=0, max_new_tokens=3,
                 checkpoint_every=10, out_dir=str(out))
-    proc = _launch(["--problem", "fdpg_core.toy:make_toy_problem", "--problem-kwargs", '{"kind": "binary"}',
+    proc = _launch(["--problem", "fdpg_core.kit.toy:make_toy_problem", "--problem-kwargs", '{"kind": "binary"}',
                     *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "history.jsonl"]  # rank 0 alone writes
@@ -330,6 +330,6 @@ def test_a_rank_that_raises_stops_the_whole_job_with_its_error(tmp_path):
                    timeout=60)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    report = out.split("fdpg_core.distributed FAILED")[-1]  # torchrun's summary of the failed job
+    report = out.split("fdpg_core.kit.torchrun FAILED")[-1]  # torchrun's summary of the failed job
     assert "RuntimeError: boom on rank 1 at scorer call 2" in report, out[-4000:]
     assert time.monotonic() - t0 < 60

@@ -27,7 +27,7 @@ DOCS = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "d
 NOT_RUN = {"make test": "this suite itself: CI runs it (.ci/run)",
            "make lab": "starts a JupyterLab server that runs until it is stopped (tests/test_browser.py runs one)",
            ".venv/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks/00_toy_exact.ipynb":
-               "run by tests/test_notebooks.py::test_nbval_lax_on_00_toy_exact (checked below)"}
+               "run by tests/notebooks/test_00_toy_exact.py::test_nbval_lax_on_00_toy_exact (checked below)"}
 ONE_RUN = ["--set", "n_seeds=1", "divergences=[kl]"]  # one reused run: seed 0, forward KL
 REDUCED = {  # command: appended arguments
     ".venv/bin/python scripts/run_notebooks.py --preset cpu --only 03": ONE_RUN + ["tasks=[science]"],
@@ -82,9 +82,7 @@ def test_inventory_tables_name_documented_commands_only():
 
 
 def test_the_nbval_command_is_the_one_the_notebook_tests_run():
-    import test_notebooks
-
-    src = Path(test_notebooks.__file__).read_text()
+    src = (ROOT / "tests" / "notebooks" / "test_00_toy_exact.py").read_text()
     for arg in shlex.split(next(c for c in NOT_RUN if "nbval" in c))[1:]:
         assert f'"{arg}"' in src, arg
 

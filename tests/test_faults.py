@@ -14,7 +14,7 @@ from fdpg_core.divergences import alpha_divergence, get_divergence
 from fdpg_core.losses import NonFiniteLossError as LossesNonFinite
 from fdpg_core.sampling import left_pad, sample
 from fdpg_core.targets import BinaryFactor, ExponentialFactor, ScalarFactor, Scored, Target
-from fdpg_core.toy import make_toy_problem, tiny_gpt2
+from fdpg_core.kit.toy import make_toy_problem, tiny_gpt2
 from fdpg_core.train import FDPGConfig, NonFiniteLossError, ZeroTargetMassError, train
 
 

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from fdpg_core import sampling
+from fdpg_core.fast import logprobs
 from fdpg_core.sampling import (
     Samples,
     bos_prompts,
@@ -97,7 +97,7 @@ def test_score_chunking_matches_log_softmax(make_tiny_lm, monkeypatch):
     ids, mask, _ = _prompts("gpt2")
     s = sample(model, ids, mask, 7, eos_token_id=EOS, pad_token_id=PAD, generator=torch.Generator().manual_seed(1))
     full = score(model, s, return_token_logprobs=True)
-    monkeypatch.setattr(sampling, "_SCORE_CHUNK_ELEMS", 1)  # one position per chunk
+    monkeypatch.setattr(logprobs, "_SCORE_CHUNK_ELEMS", 1)  # one position per chunk
     torch.testing.assert_close(score(model, s, return_token_logprobs=True), full, atol=0, rtol=0)
     # reference: explicit log_softmax on a cache-free forward of the whole (prompt ++ tokens) sequence
     x = torch.cat([s.prompt_ids, s.tokens], 1)

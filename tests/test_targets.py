@@ -6,7 +6,7 @@ import torch
 
 from fdpg_core import sampling
 from fdpg_core.targets import BinaryFactor, ExponentialFactor, ScalarFactor, Target, fit_lam
-from fdpg_core.toy import enumerate_support, tiny_gpt2
+from fdpg_core.kit.toy import enumerate_support, tiny_gpt2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: avoid oversubscription

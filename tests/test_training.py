@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fdpg_core.targets import BinaryFactor, Target
-from fdpg_core.toy import make_toy_problem
+from fdpg_core.kit.toy import make_toy_problem
 from fdpg_core.train import FDPGConfig, NonFiniteLossError, train
 
 
@@ -80,7 +80,7 @@ def test_first_update_follows_exact_gradient(div, proposal):
     ∇_θ D_f(π_θ‖p) computed by enumeration. (tv is left out: its f′ = ½ sign(t − 1) jumps at t = 1, so the
     estimate is sensitive to the Ẑ error wherever π ≈ p.)"""
     from fdpg_core.divergences import exact_divergence
-    from fdpg_core.toy import tiny_gpt2
+    from fdpg_core.kit.toy import tiny_gpt2
 
     pb = make_toy_problem("scalar", beta=0.5)
     params = list(pb.policy.parameters())

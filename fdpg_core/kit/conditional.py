@@ -1,0 +1,404 @@
+"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): context sets, batched evaluation over many
+contexts × several samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
+summarisation and code notebooks (07, 08).
+
+    ContextSet                 prompts (C, Tp) left padded + the context texts a scorer compares with (+ references)
+    summary_contexts(...)      "{article}\\nTL;DR:" prompts of the zoo's news-summary model (Lee articles, SmolLM2
+                               references) or "summarize: {article}" prompts of T5 (CNN/DailyMail, paper preset)
+    code_contexts(...)         signature (+ docstring) prompts: stdlib held-out functions, HumanEval
+    sample_trimmed             sampling.sample on prompts whose all-pad leading columns are dropped first
+    draw(...)                  n samples per context, in chunks of whole contexts, decoded
+    evaluate(...)              E_c E_π[b] for every scorer, per-context rates, KL(π‖a), entropy, per-context
+                               Distinct-n / Self-BLEU, ROUGE (with references), entity statistics
+    PeriodicEval               metrics_fn for `train`: evaluate(...) every eval_every steps (not at 0 / the end)
+    context_log_Z(out_dir)     the running log Ẑ_c (C,) and sample counts from train()'s checkpoint
+    z_stats(log_Z)             mean / median / min / max of Ẑ_c over contexts, share with Ẑ_c ≈ 0
+    reference_under_p(ev, b)   what the target p itself would score, from samples of a: KL(p‖a) = E_c[−log Z_c],
+                               E_p[length], the share of contexts with no sample meeting b
+    with_evaluations(...)      a train() history with the evaluations of a (step 0) and of the final π (step n)
+    final_by_set(runs, ...)    one row per (context set, divergence, seed) of the result files, a's rows first
+    rouge(...)                 ROUGE-1/2/L F1 (Google's `rouge-score` package), max over each context's references
+    entity_stats(...)          entities per summary and the share of them found in the source
+
+The objective is E_c[D_f(π(·|c)‖p_c)] with one Z_c = E_{a(·|c)}[b(·, c)] per context; `train` estimates each
+Ẑ_c as the cumulative importance-sampled mean of P/q over every sample of context c so far.
+Every evaluation samples purely (temperature 1, no truncation): the metrics are those of π itself.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from fdpg_core import sampling
+from fdpg_core.kit import zoo
+from fdpg_core.kit.diversity import distinct_n, self_bleu
+from fdpg_core.kit.scorers import _normalise_entity, _pick
+
+__all__ = ["ContextSet", "summary_contexts", "code_contexts", "trim_left", "sample_trimmed", "draw", "Evaluation",
+           "evaluate", "PeriodicEval", "context_log_Z", "rouge", "entity_stats", "z_stats", "reference_under_p",
+           "with_evaluations", "final_by_set"]
+
+
+# --------------------------------------------------------------------------------------------- contexts
+def trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the leading columns that are padding in every row (left-padded prompts of a sub-batch)."""
+    real = mask.bool().any(0)  # (Tp,)
+    first = int(real.nonzero()[0]) if real.any() else 0
+    return ids[:, first:], mask[:, first:]
+
+
+@dataclass(frozen=True, eq=False)
+class ContextSet:
+    """C contexts: prompts ids/mask (C, Tp) left padded; `contexts[c]` is what a conditional scorer compares
+    row c with (the article; the prompt text the body is appended to); `references[c]` the reference texts
+    (summaries) or None."""
+
+    name: str
+    ids: Tensor
+    mask: Tensor
+    contexts: list[str]
+    references: list[list[str]] | None = None
+
+    def __post_init__(self):
+        C = len(self.contexts)
+        if self.ids.shape[0] != C or self.ids.shape != self.mask.shape:
+            raise ValueError(f"ContextSet {self.name!r}: ids {tuple(self.ids.shape)}, mask {tuple(self.mask.shape)} "
+                             f"and {C} contexts must agree (C, Tp)")
+        if self.references is not None and len(self.references) != C:
+            raise ValueError(f"ContextSet {self.name!r}: {len(self.references)} reference lists for {C} contexts")
+
+    @property
+    def pair(self) -> tuple[Tensor, Tensor]:
+        """(ids, mask): the `prompts` argument of train()."""
+        return self.ids, self.mask
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def prompt_lengths(self) -> Tensor:
+        return self.mask.sum(1)  # (C,)
+
+    def subset(self, idx: Sequence[int]) -> "ContextSet":
+        """Contexts idx (in that order), left padding trimmed."""
+        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        ids, mask = trim_left(self.ids[idx], self.mask[idx])
+        refs = None if self.references is None else [self.references[i] for i in idx.tolist()]
+        return ContextSet(self.name, ids, mask, [self.contexts[i] for i in idx.tolist()], refs)
+
+    def sorted_by_length(self) -> "ContextSet":
+        """Contexts ordered by prompt length: `train` takes contexts round-robin, so neighbours share a batch and
+        little padding (sample_trimmed drops the rest)."""
+        return self.subset(torch.argsort(self.prompt_lengths(), stable=True).tolist())
+
+
+def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "lee",
+                     max_article_chars: int = 900, prompt_format: str = "tldr", max_prompt_tokens: int = 512,
+                     skip: int = 0) -> ContextSet:
+    """Summarisation contexts: articles of `split` (records skip .. skip + n), each truncated at a sentence end to
+    max_article_chars (zoo.truncate_article); the scorer's context is exactly that truncated article.
+
+    source "lee": real ABC articles (news_lee; test = the 49 lee.cor articles, never trained on); references =
+    the SmolLM2 summaries of the same article (summaries_smollm, up to 4). "cnn_dailymail" (paper preset):
+    articles and highlights through fdpg_core.kit.paper.load_paper_dataset (needs the hub or its cache).
+    prompt_format "tldr": [bos] article "\\nTL;DR:" (the zoo news-summary model, scripts/pretrain_zoo.py);
+    "t5": "summarize: " + article, T5's tokenizer (with its </s>), cut to max_prompt_tokens.
+    """
+    _pick("summary source", source, {"lee", "cnn_dailymail"})
+    _pick("prompt_format", prompt_format, {"tldr", "t5"})
+
+    if source == "lee":
+        recs = zoo.load_corpus("news_lee", split)
+        recs = recs[skip:] if n is None else recs[skip:skip + n]
+        refs_by_id: dict[str, list[str]] = {}
+        for r in zoo.load_corpus("summaries_smollm"):
+            refs_by_id.setdefault(r["article_id"], []).append(r["summary"])
+        arts = [zoo.truncate_article(r["text"], max_article_chars) for r in recs]
+        refs = [refs_by_id.get(r["id"], []) for r in recs]
+    else:
+        from fdpg_core.kit.paper import load_paper_dataset
+
+        ds = load_paper_dataset("cnn_dailymail", split=split)
+        rows = ds.select(range(skip, min(len(ds), skip + (n or len(ds)))))
+        arts = [zoo.truncate_article(a, max_article_chars) for a in rows["article"]]
+        refs = [[h] for h in rows["highlights"]]
+    if not arts:
+        raise ValueError(f"summary_contexts: no article in split {split!r} of {source!r} (skip={skip}, n={n})")
+    if prompt_format == "tldr":
+        tl = tokenizer(zoo.TLDR, add_special_tokens=False)["input_ids"]
+        body = tokenizer(arts, add_special_tokens=False)["input_ids"]
+        keep = max_prompt_tokens - 1 - len(tl)
+        rows = [[zoo.BOS_ID] + b[:keep] + tl for b in body]  # a too long article is cut at its end
+        pad = zoo.PAD_ID
+    else:
+        rows = tokenizer(["summarize: " + a for a in arts], truncation=True, max_length=max_prompt_tokens)["input_ids"]
+        pad = tokenizer.pad_token_id
+    ids, mask = sampling.left_pad(rows, pad)
+    return ContextSet(name, ids, mask, arts, refs if any(refs) else None)
+
+
+def code_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "stdlib",
+                  docstring: bool = True, max_prompt_tokens: int = 256, bos_token_id: int | None = 0) -> ContextSet:
+    """Code contexts: function prompts (signature + docstring, or the signature only) whose generated body is
+    appended to the context text by the Compiles / PEP8 scorers. source "stdlib" (code_stdlib splits train / val
+    / test) or "humaneval" (split "heldout"). Prompts longer than max_prompt_tokens are skipped, never cut.
+    bos_token_id: first token of every prompt (the zoo's <|bos|> = 0; GPT-Neo: its <|endoftext|>; None: none)."""
+    ids, mask, texts = zoo.code_prompt_rows(split, n, tokenizer=tokenizer, source=source, docstring=docstring,
+                                            max_prompt_tokens=max_prompt_tokens, bos_token_id=bos_token_id)
+    return ContextSet(name, ids, mask, texts)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def sample_trimmed(model, prompt_ids, prompt_mask, max_new_tokens, **kwargs) -> sampling.Samples:
+    """sampling.sample after dropping all-pad leading prompt columns (same distribution, less compute): the
+    `sampler` argument of train() for contexts of very different lengths."""
+    ids, mask = trim_left(prompt_ids, prompt_mask)
+    return sampling.sample(model, ids, mask, max_new_tokens, **kwargs)
+
+
+def draw(model, cs: ContextSet, n_per_context: int, max_new_tokens: int, *, tokenizer, eos_token_id: int,
+         pad_token_id: int, generator: torch.Generator, chunk_rows: int = 256) -> sampling.Samples:
+    """n_per_context pure ancestral samples x ~ model(·|c) for every context c (rows of a context consecutive;
+    context_ids index cs), sampled in chunks of whole contexts (≤ chunk_rows rows), decoded into .texts."""
+    if not isinstance(n_per_context, int) or n_per_context < 1:
+        raise ValueError(f"draw: n_per_context must be an int >= 1, got {n_per_context!r}")
+    device = next(model.parameters()).device
+    per_chunk = max(1, chunk_rows // n_per_context)  # contexts per chunk
+    parts = []
+    for lo in range(0, len(cs), per_chunk):
+        c = torch.arange(lo, min(len(cs), lo + per_chunk))  # (m,)
+        ids, mask = trim_left(cs.ids[c], cs.mask[c])
+        ids, mask, rows = sampling.repeat_prompts(ids.to(device), mask.to(device), n_per_context)  # (m·n, Tp)
+        parts.append(sampling.sample(model, ids, mask, max_new_tokens, eos_token_id=eos_token_id,
+                                     pad_token_id=pad_token_id, context_ids=rows + lo, generator=generator))
+    s = sampling.Samples.cat(parts) if len(parts) > 1 else parts[0]
+    sampling.decode(s, tokenizer)
+    return s
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def rouge(texts: Sequence[str], references: Sequence[Sequence[str]], context_ids: Sequence[int]) -> dict[str, list]:
+    """Per-sample ROUGE-1, ROUGE-2, ROUGE-L F1 (Porter stemming) of texts[i] against the references of its
+    context, the maximum over references (rouge_score.RougeScorer.score_multi). Samples whose context has no
+    reference get NaN."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as e:
+        raise ImportError("ROUGE needs Google's rouge-score package: pip install rouge-score==0.1.2") from e
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    out: dict[str, list] = {k: [] for k in keys}
+    for t, c in zip(texts, context_ids):
+        refs = list(references[int(c)])
+        res = scorer.score_multi(refs, t) if refs else None
+        for k in keys:
+            out[k].append(res[k].fmeasure if res else math.nan)
+    return out
+
+
+def entity_stats(scorer, texts: Sequence[str], sources: Sequence[str]) -> dict[str, list]:
+    """Per summary: number of distinct named entities (the scorer's labels and normalisation) and how many of them
+    occur in the source (`scorer` an EntityConsistency; sources[i] the article of texts[i])."""
+    import re
+
+
+    n_ent, n_src = [], []
+    for ents, src in zip(scorer.entities(texts), sources):
+        norm_src = " " + _normalise_entity(src) + " "
+        names = {_normalise_entity(t) for t, _ in ents} - {""}
+        n_ent.append(len(names))
+        n_src.append(sum(re.search(r"(?<!\w)" + re.escape(n) + r"(?!\w)", norm_src) is not None for n in names))
+    return {"n_entities": n_ent, "n_in_source": n_src}
+
+
+def _per_context(values: Tensor, ctx: Tensor, C: int) -> Tensor:
+    """Mean of values (B,) within each context (C,) (NaN for a context without samples)."""
+    v = values.double().cpu()
+    s = torch.zeros(C, dtype=torch.float64).index_add_(0, ctx.cpu(), v)
+    n = torch.bincount(ctx.cpu(), minlength=C).double()
+    return s / n
+
+
+@dataclass(eq=False)
+class Evaluation:
+    """evaluate()'s result: `metrics` {name: float} (context-averaged), `per_context` {name: list (C,)},
+    `per_sample` {name: list (C·n,)}, `texts` (C·n,) and `context_ids` (C·n,)."""
+
+    metrics: dict[str, float]
+    per_context: dict[str, list]
+    per_sample: dict[str, list]
+    texts: list[str]
+    context_ids: list[int]
+    samples: sampling.Samples | None = field(default=None, repr=False)
+
+    def examples(self, context: int, k: int = 3) -> list[str]:
+        """The first k texts of `context`."""
+        return [t for t, c in zip(self.texts, self.context_ids) if c == context][:k]
+
+
+@torch.no_grad()
+def evaluate(model, cs: ContextSet, scorers: Mapping[str, Callable], *, n_per_context: int, max_new_tokens: int,
+             tokenizer, eos_token_id: int, pad_token_id: int, seed: int, base=None, chunk_rows: int = 256,
+             diversity: bool = True, entity_scorer=None, keep_samples: bool = False) -> Evaluation:
+    """Sample n_per_context summaries / bodies per context of `cs` from `model` (pure sampling, generator seeded
+    `seed`) and measure, with every metric averaged over samples and contexts (E_c E_π[·], n equal per context):
+
+      <scorer name>       E_c E_π[b(x, c)] for each scorer in `scorers` (built with cs.contexts); per context too
+      kl_pi_a             KL(π‖a) = E_c E_π[log π − log a] (when base is given and is not model)
+      entropy             −E_c E_π[log π(x|c)] (nats per sequence);  length: mean new tokens (EOS counted)
+      distinct_{1,2,3}    Distinct-n within each context's samples, averaged over contexts (token ids)
+      self_bleu_{3,4}     Self-BLEU-n within each context's samples (n_per_context ≥ 2), averaged over contexts
+      rouge1/2/L          F1 against cs.references (when given), max over references
+      entity_scorer given (an EntityConsistency built with cs.contexts; one NER pass):
+      entities            its b: ≥ min_entities distinct entities, all in the source (equal to entity_scorer(x))
+      entities_ge1        the same with ≥ 1 entity;  n_entities: entities per summary
+      entity_precision    share of all summary entities that occur in their source
+    """
+    s = draw(model, cs, n_per_context, max_new_tokens, tokenizer=tokenizer, eos_token_id=eos_token_id,
+             pad_token_id=pad_token_id, generator=torch.Generator(device=next(model.parameters()).device)
+             .manual_seed(seed), chunk_rows=chunk_rows)
+    C, ctx = len(cs), s.context_ids.cpu()
+    per_sample: dict[str, Tensor] = {}
+    for name, scorer in scorers.items():
+        per_sample[name] = torch.as_tensor(scorer(s), dtype=torch.float64).cpu()  # (C·n,)
+    log_pi = s.log_q.double().cpu()  # (C·n,) log π(x|c): pure samples of model
+    per_sample["log_pi"] = log_pi
+    per_sample["length"] = s.lengths.double().cpu()
+    if base is not None and base is not model:
+        log_a = sampling.score(base, s.to(next(base.parameters()).device)).double().cpu()  # (C·n,)
+        per_sample["kl_pi_a"] = log_pi - log_a  # E_π[log π − log a] = KL(π‖a)
+    if cs.references is not None:
+        per_sample.update({k: torch.tensor(v, dtype=torch.float64)
+                           for k, v in rouge(s.texts, cs.references, ctx.tolist()).items()})
+    if entity_scorer is not None:  # one NER pass gives b itself and the entity statistics
+        st = entity_stats(entity_scorer, s.texts, [cs.contexts[c] for c in ctx.tolist()])
+        n_ent = torch.tensor(st["n_entities"], dtype=torch.float64)  # (C·n,)
+        n_src = torch.tensor(st["n_in_source"], dtype=torch.float64)  # (C·n,)
+        faithful = n_src == n_ent  # every entity of the summary is in the source
+        per_sample.update({"n_entities": n_ent, "n_in_source": n_src,
+                           "entities": (faithful & (n_ent >= entity_scorer.min_entities)).double(),  # = the scorer's b
+                           "entities_ge1": (faithful & (n_ent >= 1)).double()})
+    per_context = {k: _per_context(v, ctx, C) for k, v in per_sample.items()}
+    metrics = {k: float(v.nanmean()) for k, v in per_context.items() if k not in ("log_pi", "n_in_source")}
+    metrics["entropy"] = -float(per_context["log_pi"].mean())
+    if entity_scorer is not None:
+        tot = float(per_sample["n_entities"].sum())
+        metrics["entity_precision"] = float(per_sample["n_in_source"].sum()) / tot if tot else math.nan
+    if diversity:
+        toks = [row[:n] for row, n in zip(s.tokens.tolist(), s.lengths.tolist())]
+        groups = [[t for t, c in zip(toks, ctx.tolist()) if c == i] for i in range(C)]  # per context
+        for k in (1, 2, 3):
+            metrics[f"distinct_{k}"] = sum(distinct_n(g, k) for g in groups) / C
+        if n_per_context >= 2:
+            for k in (3, 4):
+                metrics[f"self_bleu_{k}"] = sum(self_bleu(g, k, max_samples=None) for g in groups) / C
+    return Evaluation(metrics=metrics, per_context={k: v.tolist() for k, v in per_context.items()},
+                      per_sample={k: v.tolist() for k, v in per_sample.items()}, texts=list(s.texts),
+                      context_ids=ctx.tolist(), samples=s if keep_samples else None)
+
+
+class PeriodicEval:
+    """metrics_fn for train(): every call (train calls it every eval_every steps) evaluates the policy on each
+    context set with `evaluate(**kwargs)` (scorers[set name], entity_scorers[set name]) and returns
+    {"<set>/<metric>": value} for `metrics` (all when None); steps in `skip` (e.g. 0, where a's evaluation is
+    shared by every run, and n_steps, where the final evaluation is made separately) return {}."""
+
+    def __init__(self, sets: Sequence[ContextSet], scorers: Mapping[str, Mapping[str, Callable]], *,
+                 skip: Sequence[int] = (0,), metrics: Sequence[str] | None = None,
+                 entity_scorers: Mapping[str, Callable] | None = None, **kwargs):
+        self.sets, self.scorers, self.skip, self.keep, self.kwargs = list(sets), scorers, set(skip), metrics, kwargs
+        self.entity_scorers = entity_scorers or {}
+
+    def __call__(self, policy, step: int) -> dict[str, float]:
+        if step in self.skip:
+            return {}
+        out = {}
+        for cs in self.sets:
+            ev = evaluate(policy, cs, self.scorers.get(cs.name, {}), diversity=False,
+                          entity_scorer=self.entity_scorers.get(cs.name), **self.kwargs)
+            out.update({f"{cs.name}/{k}": v for k, v in ev.metrics.items() if self.keep is None or k in self.keep})
+        return out
+
+
+# --------------------------------------------------------------------------------------------- Ẑ_c
+def context_log_Z(out_dir) -> tuple[list[float], list[float]]:
+    """(log Ẑ_c (C,), n_c (C,)) at the end of a train() run with config.out_dir = out_dir: log Ẑ_c = log S_c −
+    log n_c, S_c the cumulative Σ P/q over every sample of context c (−inf: no sample of c had P > 0 yet;
+    NaN: c never sampled)."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"context_log_Z: no {path} (train with config.out_dir set)")
+    st = torch.load(path, map_location="cpu", weights_only=False)["state"]  # train()'s own file
+    log_S, n = st["log_S"].double(), st["count"].double()
+    log_Z = torch.where(n > 0, log_S - n.log(), torch.full_like(log_S, math.nan))
+    return log_Z.tolist(), n.tolist()
+
+
+def z_stats(log_Z: Sequence[float], z_eps: float = 1e-3) -> dict[str, float]:
+    """Summary of per-context Ẑ_c over the sampled contexts: mean, median, min, max, and `z_zero`, the share of
+    contexts with Ẑ_c < z_eps (no sample of the context has met the constraint yet; with a log_b floor f, such a
+    context still has Ẑ_c ≈ e^f, far below z_eps for f ≤ −8)."""
+    lz = torch.tensor([x for x in log_Z if x is not None and not math.isnan(x)], dtype=torch.float64)
+    if lz.numel() == 0:
+        return {"z_mean": math.nan, "z_median": math.nan, "z_min": math.nan, "z_max": math.nan, "z_zero": math.nan}
+    z = lz.exp()
+    return {"z_mean": float(z.mean()), "z_median": float(z.median()), "z_min": float(z.min()),
+            "z_max": float(z.max()), "z_zero": float((z < z_eps).double().mean())}
+
+
+def reference_under_p(ev: Evaluation, constraint: str) -> dict[str, float]:
+    """What the target p_c ∝ a·b itself would score, estimated from an evaluation of a (samples x ~ a(·|c)):
+
+      z_zero     share of contexts where no sample met b (their Ẑ_c = 0; excluded below)
+      kl_p_a     E_c[KL(p_c‖a_c)] = E_c[−log Z_c] (exact for a binary b: p_c = a·b/Z_c), Z_c ≈ the context's rate
+      length_p   E_c E_{p_c}[length] ≈ mean_c Σ_{i∈c} b_i len_i / Σ_{i∈c} b_i (self-normalised, p_c/a_c ∝ b)
+      rate_p     1 (b holds everywhere on p's support), for plots
+    """
+    b = torch.tensor(ev.per_sample[constraint], dtype=torch.float64)  # (N,)
+    L = torch.tensor(ev.per_sample["length"], dtype=torch.float64)  # (N,)
+    ctx = torch.tensor(ev.context_ids)
+    C = int(ctx.max()) + 1
+    Z = _per_context(b, ctx, C)  # (C,) Monte-Carlo Z_c
+    bl = torch.zeros(C, dtype=torch.float64).index_add_(0, ctx, b * L)  # Σ b·len per context
+    nb = torch.zeros(C, dtype=torch.float64).index_add_(0, ctx, b)  # Σ b per context
+    ok = Z > 0
+    return {"z_zero": float((~ok).double().mean()),
+            "kl_p_a": float(-Z[ok].log().mean()) if ok.any() else math.nan,
+            "length_p": float((bl[ok] / nb[ok]).mean()) if ok.any() else math.nan, "rate_p": 1.0}
+
+
+def with_evaluations(history: list[dict], n_steps: int, before: Mapping[str, Evaluation],
+                     after: Mapping[str, Evaluation], metrics: Sequence[str]) -> list[dict]:
+    """A copy of train()'s history where the step-0 record also holds `before` (the evaluation of a = π_0) and a
+    record of step n_steps holds `after` (the final π), as "<set>/<metric>" keys: every curve then starts at a and
+    ends at the final π, at samples_seen = step · batch_size."""
+    hist = [dict(r) for r in history]
+    for step, evs in ((0, before), (n_steps, after)):
+        vals = {f"{k}/{m}": ev.metrics[m] for k, ev in evs.items() for m in metrics if m in ev.metrics}
+        rec = next((r for r in hist if r["step"] == step), None)
+        if rec is None:
+            hist.append({"step": step, **vals})
+        else:
+            rec.update(vals)
+    return sorted(hist, key=lambda r: r["step"])
+
+
+def final_by_set(runs: list[dict], sets: Sequence[str], metrics: Sequence[str]):
+    """Long frame: one row per (set, divergence, seed) with columns `metrics`, read from each run's final
+    "<set>/<metric>" keys; a's evaluation ("base/<set>/<metric>", identical in every run) once, as divergence
+    "base" with the first run's seed."""
+    import pandas as pd
+
+    rows = []
+    for k in sets:
+        r0 = runs[0]
+        rows.append({"set": k, "divergence": "base", "seed": r0["seed"],
+                     **{m: r0["final"].get(f"base/{k}/{m}", math.nan) for m in metrics}})
+        for r in runs:
+            rows.append({"set": k, "divergence": r["divergence"], "seed": r["seed"],
+                         **{m: r["final"].get(f"{k}/{m}", math.nan) for m in metrics}})
+    return pd.DataFrame(rows)

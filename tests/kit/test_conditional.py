@@ -1,0 +1,92 @@
+"""Unit tests of fdpg_core.kit.conditional: per-context evaluation, Ẑ_c read-back, ROUGE, references under p."""
+import math
+
+import pytest
+import torch
+
+from fdpg_core.kit import conditional as cd
+
+
+# ------------------------------------------------------------------------------------------------ unit tests
+def test_entity_b_from_evaluate_equals_the_scorer():
+    """evaluate derives b from one NER pass (entity_stats): it must equal EntityConsistency itself."""
+    pytest.importorskip("spacy")
+    from fdpg_core.kit.scorers import EntityConsistency
+
+    src = ["Paul Batchelor said AMP will raise capital in Sydney.", "The storm hit Queensland on Monday."]
+    texts = ["AMP and Paul Batchelor met in Sydney.", "AMP met Microsoft in Paris.", "the storm was bad",
+             "Queensland was hit.", "John Howard visited Queensland and Canberra."]
+    ctx = [0, 0, 0, 1, 1]
+    for k in (0, 1, 2):
+        sc = EntityConsistency(src, min_entities=k)
+        st = cd.entity_stats(sc, texts, [src[c] for c in ctx])
+        derived = [float(n_src == n and n >= k) for n, n_src in zip(st["n_entities"], st["n_in_source"])]
+        assert derived == sc.score_pairs(texts, [src[c] for c in ctx]).tolist(), k
+    assert st["n_entities"][2] == 0 and st["n_in_source"][1] < st["n_entities"][1]
+
+
+def test_trim_left_and_subset_keep_prompts():
+    ids = torch.tensor([[2, 2, 2, 5, 6], [2, 2, 7, 8, 9], [2, 2, 2, 2, 4]])
+    mask = (ids != 2).long()
+    cs = cd.ContextSet("x", ids, mask, ["a", "b", "c"], [["ra"], ["rb"], ["rc"]])
+    s = cs.sorted_by_length()
+    assert s.contexts == ["c", "a", "b"] and s.references == [["rc"], ["ra"], ["rb"]]
+    sub = cs.subset([2, 0])
+    assert sub.ids.tolist() == [[2, 4], [5, 6]] and sub.mask.tolist() == [[0, 1], [1, 1]]
+    with pytest.raises(ValueError, match="must agree"):
+        cd.ContextSet("bad", ids, mask, ["a"])
+
+
+def test_evaluate_per_context_rates_and_kl(tiny_gpt2):
+    """A scorer that is 1 exactly on context 1: per-context rates 0 and 1; KL(π‖a) = 0 for π = a, > 0 otherwise."""
+    import copy
+
+    ids, mask = torch.tensor([[0, 3, 4], [2, 0, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    cs = cd.ContextSet("t", ids, mask, ["c0", "c1"])
+
+    class Tok:  # decode only needs eos_token_id and batch_decode
+        eos_token_id = 1
+
+        @staticmethod
+        def batch_decode(seqs, skip_special_tokens=True):
+            return [" ".join(map(str, s)) for s in seqs]
+
+    scorer = {"b": lambda s: (s.context_ids == 1).float()}
+    kw = dict(n_per_context=5, max_new_tokens=4, tokenizer=Tok(), eos_token_id=1, pad_token_id=2, seed=3)
+    ev = cd.evaluate(tiny_gpt2, cs, scorer, base=tiny_gpt2, **kw)
+    assert ev.per_context["b"] == [0.0, 1.0] and ev.metrics["b"] == 0.5 and "kl_pi_a" not in ev.metrics
+    assert ev.context_ids == [0] * 5 + [1] * 5 and len(ev.texts) == 10
+    other = copy.deepcopy(tiny_gpt2)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(3.0)  # a different π (tied embeddings: every logit scaled)
+    ev2 = cd.evaluate(other, cs, scorer, base=tiny_gpt2, **kw)
+    assert ev2.metrics["kl_pi_a"] > 0
+    ref = cd.reference_under_p(ev, "b")
+    assert ref["z_zero"] == 0.5 and ref["kl_p_a"] == pytest.approx(0.0)  # Z_1 = 1 → −log Z = 0
+
+
+def test_context_log_Z_reads_train_running_mean(tmp_path, tiny_gpt2):
+    """Ẑ_c read back from the checkpoint equals the mean of P/q over every sample of the context: with b ≡ 1 and
+    π = a frozen (lr tiny, one step), P/q = a/π = 1, so Ẑ_c = 1 for every sampled context."""
+    from fdpg_core.targets import BinaryFactor, Target
+    from fdpg_core.train import FDPGConfig, train
+
+    ids, mask = torch.tensor([[0, 3], [0, 4], [0, 5]]), torch.ones(3, 2, dtype=torch.long)
+    target = Target(tiny_gpt2) * BinaryFactor("one", lambda s: torch.ones(len(s)))
+    policy = __import__("copy").deepcopy(tiny_gpt2)
+    cfg = FDPGConfig(divergence="js", n_steps=1, batch_size=4, samples_per_context=2, max_new_tokens=3, lr=1e-12,
+                     warmup_steps=0, progress=False, out_dir=str(tmp_path), eos_token_id=1, pad_token_id=2)
+    train(policy, target, (ids, mask), cfg, sampler=cd.sample_trimmed)
+    log_Z, n = cd.context_log_Z(tmp_path)
+    assert n == [2.0, 2.0, 0.0]  # two contexts in the one batch, two samples each
+    assert log_Z[0] == pytest.approx(0.0, abs=1e-5) and log_Z[1] == pytest.approx(0.0, abs=1e-5)
+    assert math.isnan(log_Z[2])
+    z = cd.z_stats(log_Z)
+    assert z["z_mean"] == pytest.approx(1.0, abs=1e-4) and z["z_zero"] == 0.0
+
+
+def test_rouge_is_the_maximum_over_references():
+    pytest.importorskip("rouge_score")
+    out = cd.rouge(["the cat sat on the mat", "dogs run"], [["the cat sat on the mat", "nothing alike"], []], [0, 1])
+    assert out["rouge1"][0] == pytest.approx(1.0) and out["rougeL"][0] == pytest.approx(1.0)
+    assert math.isnan(out["rouge2"][1])  # no reference for context 1
