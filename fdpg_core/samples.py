@@ -105,6 +105,11 @@ class Samples:
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt helpers
 # ----------------------------------------------------------------------------------------------------------------
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 0/1 mask -> (B, L) positions = number of real tokens before each one (0 on left padding)."""
+    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left pad lists of token ids -> ids (C, Tp) long, mask (C, Tp) long (1 = real token)."""
     try:
