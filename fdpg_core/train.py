@@ -72,6 +72,34 @@ __all__ = ["FDPGConfig", "History", "NonFiniteLossError", "ZeroTargetMassError",
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _layout(cfg: FDPGConfig, C: int, rank: int, W: int) -> tuple[int, int, int, int]:
+    """The batch's rows: (rows per context n_per, contexts per batch m, rows of this rank B_loc, its first global
+    row lo); this rank samples the global rows [lo, lo + B_loc)."""
+    B, k = cfg.batch_size, cfg.grad_accum
+    if B % (W * k):
+        raise ValueError(f"train: batch_size={B} is the global batch and must be divisible by world_size · grad_accum "
+                         f"= {W} · {k} = {W * k} (each of the {W} processes samples batch_size / {W} rows in {k} "
+                         f"micro-batch(es)); allowed: a multiple of {W * k}")
+    n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
+    return n_per, B // n_per, B // W, rank * (B // W)
+
+
+def _adam(cfg: FDPGConfig, params: list[Tensor]):
+    """Adam and its schedule: lr · min(1, (u + 1) / warmup_steps) at update u (constant lr when warmup_steps = 0)."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    warm = cfg.warmup_steps
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
+
+
+def _initial_state(cfg: FDPGConfig, C: int, device) -> dict:
+    """The state a checkpoint saves: step, per-context log S_c and n_c (C,), the baseline, the counters."""
+    return {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
+            "count": torch.zeros(C, dtype=torch.float64, device=device),
+            "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
+            "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
+            "samples_seen": 0, "skipped": 0, "replaced": 0}
+
+
 def _update_log_S(log_S: Tensor, count: Tensor, rows: Tensor, log_r: Tensor) -> tuple[Tensor, Tensor]:
     """Per-context cumulative log Σ P/q and counts: log S_c ← logaddexp(log S_c, logsumexp_{i: c_i=c} log r_i)."""
     C = log_S.numel()
@@ -178,10 +206,18 @@ def _resolve_device(cfg: FDPGConfig, policy) -> torch.device:
     return device
 
 
-def _check_prompts(prompt_ids: Tensor) -> None:
+def _prompts(prompts, device) -> tuple[Tensor, Tensor]:
+    """train()'s `prompts` checked and moved to `device`: prompt_ids (C, Tp), prompt_mask (C, Tp)."""
+    if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
+        raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
+    prompt_ids, prompt_mask = (torch.as_tensor(p).to(device) for p in prompts)
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
+                         f"and {tuple(prompt_mask.shape)}")
     if prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
         raise ValueError(f"train: prompt_ids has shape {tuple(prompt_ids.shape)}; allowed: (C, Tp) with C >= 1 "
                          "contexts of Tp >= 1 tokens (bos_prompts(1, bos_id) for an unconditional target)")
+    return prompt_ids, prompt_mask
 
 
 def _trainable(policy: torch.nn.Module) -> list[Tensor]:
@@ -255,8 +291,14 @@ def _bad_loss_message(loss: Tensor, log_pi: Tensor, log_q: Tensor, online: bool)
     return msg
 
 
-def _count_skip(cfg: FDPGConfig, st: dict, step: int, B: int) -> None:
-    """One more skipped step in a row; ZeroTargetMassError after config.max_consecutive_skips of them."""
+def _skip(cfg: FDPGConfig, st: dict, step: int, rec: dict, files: RunFiles) -> None:
+    """A step whose batch has no row with Ẑ_c > 0 (zero target mass so far): no update; its record and the checkpoint
+    when due, then ZeroTargetMassError after config.max_consecutive_skips such steps in a row."""
+    st["skipped"] += 1
+    rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"], "train/skipped": 1})
+    files.emit(rec)
+    files.after_step(step, st)  # the checkpoint, when due
+    B = cfg.batch_size
     st["skips_in_a_row"] = st.get("skips_in_a_row", 0) + 1
     K, n = cfg.max_consecutive_skips, st["skips_in_a_row"]
     if K is not None and n >= K:
@@ -335,13 +377,13 @@ def _offline_swap(v: dict, policy, proposal, st: dict) -> tuple[bool, Tensor]:
     return False, kl_p_q
 
 
-def _metrics(v: dict, log_Z_ctx: Tensor, loss_sum: Tensor, b_used: Tensor, grad_norm: Tensor, kl_p_q, q_is_pi: bool,
-             online: bool, device) -> dict:
-    """Step 8: the batch metrics of a logged step, as floats (one host transfer)."""
+def _metrics(v: dict, s: dict, st: dict, q_is_pi: bool, online: bool, device) -> dict:
+    """Step 8: the record of a logged step: the batch metrics as floats (one host transfer), then the step's
+    scalars `s` (loss, baseline, grad_norm, log_Z_ctx, lr, kl_p_q, replaced, t0) and the counters of `st`."""
     lp, lq, lp_norm, log_w = v["lp"], v["lq"], v["lp_norm"], v["log_w"]
-    vals = {"train/loss": loss_sum, "train/baseline": b_used, "train/grad_norm": grad_norm,
+    vals = {"train/loss": s["loss"], "train/baseline": s["baseline"], "train/grad_norm": s["grad_norm"],
             "train/pseudo_reward": -v["fp_mean"],
-            "target/log_Z": log_Z_ctx[torch.isfinite(log_Z_ctx)].mean(),
+            "target/log_Z": s["log_Z_ctx"][torch.isfinite(s["log_Z_ctx"])].mean(),
             "z/ess": ess(v["lP"].double() - lq.double(), fraction=True),
             "div/kl_p_pi": is_divergence("kl", lp, lp_norm, lq, 0.0),
             "div/tv_p_pi": is_divergence("tv", lp, lp_norm, lq, 0.0),
@@ -351,9 +393,14 @@ def _metrics(v: dict, log_Z_ctx: Tensor, loss_sum: Tensor, b_used: Tensor, grad_
             "train/ess": _ess_fraction(log_w, device)}
     vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in v["feats"].items()})
     if not online:
-        vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": kl_p_q})
+        vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": s["kl_p_q"]})
     floats = torch.stack([x.to(device=device, dtype=torch.float64) for x in vals.values()]).tolist()
-    return dict(zip(vals.keys(), floats))
+    rec = dict(zip(vals.keys(), floats))
+    rec.update({"train/lr": s["lr"], "train/samples_seen": st["samples_seen"], "train/skipped_steps": st["skipped"],
+                "time/step_s": time.perf_counter() - s["t0"]})
+    if not online:
+        rec.update({"proposal/replaced": st["replaced"], "proposal/replaced_now": int(s["replaced"])})
+    return rec
 
 
 def _stop(step: int, what: str, optimizer, files: RunFiles) -> NonFiniteLossError:
@@ -404,23 +451,10 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     dist_.check_backend(device)
     rank0 = rank == 0  # rank 0 alone writes files, runs callbacks and shows the progress bar
     policy.to(device)
-    if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
-        raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
-    prompt_ids, prompt_mask = (torch.as_tensor(p).to(device) for p in prompts)
-    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
-        raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
-                         f"and {tuple(prompt_mask.shape)}")
-    _check_prompts(prompt_ids)
+    prompt_ids, prompt_mask = _prompts(prompts, device)  # (C, Tp) each
     eos, pad = _resolve_ids(cfg, policy, tokenizer)
     C, B, k = prompt_ids.shape[0], cfg.batch_size, cfg.grad_accum
-    if B % (W * k):
-        raise ValueError(f"train: batch_size={B} is the global batch and must be divisible by world_size · grad_accum "
-                         f"= {W} · {k} = {W * k} (each of the {W} processes samples batch_size / {W} rows in {k} "
-                         f"micro-batch(es)); allowed: a multiple of {W * k}")
-    n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
-    m_ctx = B // n_per  # contexts per batch
-    B_loc = B // W  # rows sampled by this rank: global rows [lo, lo + B_loc)
-    lo = rank * B_loc
+    n_per, m_ctx, B_loc, lo = _layout(cfg, C, rank, W)  # rows per context, contexts per batch, this rank's rows
     sampler = sample if sampler is None else sampler
     online = cfg.proposal == "online"
     prec = MixedPrecision(cfg.precision, device)  # bf16: samples from a bf16 copy q, log π_θ under autocast
@@ -429,9 +463,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
     params = _trainable(policy)
     _check_precision(policy)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
+    optimizer, scheduler = _adam(cfg, params)  # Adam with the linear warm-up
     if proposal is not None and online:
         raise ValueError("train: a proposal model needs config.proposal='offline' (got 'online')")
     dist_.broadcast_module(policy)  # every rank starts from rank 0's θ (as DDP does)
@@ -440,11 +472,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
         dist_.broadcast_module(proposal)
     gen = torch.Generator(device=device)
     gen.manual_seed(dist_.rank_seed(cfg.seed, rank))  # seed + 1000·rank
-    st = {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
-          "count": torch.zeros(C, dtype=torch.float64, device=device),
-          "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
-          "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
-          "samples_seen": 0, "skipped": 0, "replaced": 0}
+    st = _initial_state(cfg, C, device)  # step, Ẑ sums and counts, baseline, counters
     files = RunFiles(cfg, resume, rank, W, callbacks, policy=policy, optimizer=optimizer, scheduler=scheduler,
                      proposal=proposal, gen=gen)  # history.jsonl, checkpoint.pt; refuses an out_dir holding a run
     if resume:
@@ -488,13 +516,8 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
             b["n_valid"], *b["n_valid_micro"] = torch.cat([valid.sum().view(1),  # global; then this rank's micro-
                                                            valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)]).tolist()
             st["samples_seen"] += B
-            if b["n_valid"] == 0:  # zero target mass so far: skip, no update
-                st["skipped"] += 1
-                rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"],
-                            "train/skipped": 1})
-                files.emit(rec)
-                files.after_step(step, st)  # the checkpoint, when due
-                _count_skip(cfg, st, step, B)  # raises after max_consecutive_skips in a row
+            if b["n_valid"] == 0:  # zero target mass so far: skip, no update (raises after max_consecutive_skips)
+                _skip(cfg, st, step, rec, files)
                 continue
             st["skips_in_a_row"] = 0
 
@@ -526,11 +549,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
 
             # 8. metrics (one host transfer), history, checkpoint
             if log_now:
-                rec.update(_metrics(v, log_Z_c[ctx], loss_sum, b_used, grad_norm, kl_p_q, q_is_pi, online, device))
-                rec.update({"train/lr": lr_used, "train/samples_seen": st["samples_seen"],
-                            "train/skipped_steps": st["skipped"], "time/step_s": time.perf_counter() - t0})
-                if not online:
-                    rec.update({"proposal/replaced": st["replaced"], "proposal/replaced_now": int(replaced)})
+                s = dict(loss=loss_sum, baseline=b_used, grad_norm=grad_norm, log_Z_ctx=log_Z_c[ctx], lr=lr_used,
+                         kl_p_q=kl_p_q, replaced=replaced, t0=t0)  # this step's scalars
+                rec.update(_metrics(v, s, st, q_is_pi, online, device))
                 pbar.set_postfix(loss=f"{rec['train/loss']:.3g}", kl_p_pi=f"{rec['div/kl_p_pi']:.3g}", refresh=False)
             if log_now or len(rec) > 1:
                 files.emit(rec)
