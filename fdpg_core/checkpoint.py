@@ -209,7 +209,8 @@ class RunFiles:
                  optimizer, scheduler, proposal, gen: torch.Generator):
         out_dir = None if cfg.out_dir is None else str(cfg.out_dir)
         self.cfg, self.rank, self.W, self.rank0, self.callbacks = cfg, rank, W, rank == 0, callbacks
-        self.policy, self.optimizer, self.scheduler, self.proposal, self.gen = policy, optimizer, scheduler, proposal, gen
+        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
+        self.proposal, self.gen = proposal, gen
         self.ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
         self.hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
         self.history: list[dict] = []

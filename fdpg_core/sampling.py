@@ -24,29 +24,16 @@ Conventions
     real tokens before it (position_ids = cumsum(mask) − 1), so a row's result does not depend on its padding.
   * tokens (B, T): T ≤ max_new_tokens is the longest generated row; after EOS a row holds pad_token_id and
     mask False (mask is True up to and including EOS). Nothing after EOS enters log_q or score().
-  * A categorical draw is done by inverse CDF: w = exp(l − max l), cdf = cumsum(w), u = (1 − U)·cdf[-1] with
-    U ~ U[0, 1) so u ∈ (0, total], idx = searchsorted(cdf, u). This is exact (a token with w = 0 is never drawn)
-    and several times faster than torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
-    All the U (T, B) are drawn from `generator` before the loop, so every decode implementation (`impl`) makes
-    the same draws, and a CUDA graph needs no RNG inside.
-  * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (fast.decoders:
-    the model's modules on a preallocated KV cache, GPT-2 / Llama, the CPU default), "static" / "graph" (the whole
-    step on static buffers, captured as a CUDA graph: the CUDA default). All give the same samples and log_q.
-    "compile" (opt-in, never chosen by "auto") compiles the static step with torch.compile (a two-level draw: the
-    same distribution and log_q, tokens equal up to CDF-boundary rounding).
+  * A categorical draw is exact, by inverse CDF (fast/draw.py), with one uniform per row and step; all the U (T, B)
+    are drawn from `generator` before the loop, so every decode implementation (`impl`, see sample()) makes the same
+    draws, and a CUDA graph needs no RNG inside. The decode steps and their host syncs: fast/steppers.py.
   * score() never builds a (B, T, V) log-softmax: the kernels of fast.logprobs compute log π(x_t) of the
     counted tokens only, with a hand-written backward.
   * Truncation (temperature ≠ 1, top_k, top_p) exists for EVALUATION only. It changes the sampling distribution:
     log_q is then the log-prob under the truncated distribution actually sampled from, which is not π_θ, so
     importance weights π_θ/q built from such samples are biased/undefined off the truncated support. Never train
     on truncated samples.
-  * Device: everything runs on the model's device. Our decode loop performs no host sync except an
-    "all rows finished" check every `sync_every` steps (one bool transfer) and one at the end to trim T
-    (input validation syncs a few times before the loop). NB transformers' own create_causal_mask syncs once
-    per step (it reads the 2-D padding mask to decide whether SDPA may skip the mask): the "hf" path has that
-    sync, the lean / static / graph paths build their masks from a bool key_valid tensor and do not.
 """
-
 from __future__ import annotations
 
 import math
@@ -62,17 +49,8 @@ from fdpg_core.fast.steppers import (IMPLS, _decoder_start_id, _is_encoder_decod
                                      make_stepper)
 from fdpg_core.samples import Samples, _position_ids, bos_prompts, left_pad, repeat_prompts
 
-__all__ = [
-    "Samples",
-    "sample",
-    "score",
-    "decode",
-    "left_pad",
-    "repeat_prompts",
-    "bos_prompts",
-    "make_stepper",
-    "truncate_logits",
-]
+__all__ = ["Samples", "sample", "score", "decode", "left_pad", "repeat_prompts", "bos_prompts", "make_stepper",
+           "truncate_logits"]
 
 
 @contextmanager
@@ -111,10 +89,8 @@ def _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V):
     if not isinstance(prompt_ids, torch.Tensor) or not isinstance(prompt_mask, torch.Tensor):
         raise ValueError("prompt_ids and prompt_mask must be torch tensors (see left_pad / bos_prompts)")
     if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[1] == 0:
-        raise ValueError(
-            "prompt_ids and prompt_mask must both have shape (B, Tp) with Tp ≥ 1, got "
-            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
-        )
+        raise ValueError("prompt_ids and prompt_mask must both have shape (B, Tp) with Tp ≥ 1, got "
+                         f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}")
     if prompt_ids.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"prompt_ids must be an integer tensor, got dtype {prompt_ids.dtype}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -133,27 +109,13 @@ def _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V):
         n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         longest = int(m.sum(-1).max()) + max_new_tokens
         if n_pos is not None and longest > n_pos:
-            raise ValueError(
-                f"longest prompt + max_new_tokens = {longest} exceeds the model's {n_pos} positions"
-            )
+            raise ValueError(f"longest prompt + max_new_tokens = {longest} exceeds the model's {n_pos} positions")
 
 
-def sample(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    eos_token_id: int | Sequence[int] | None,
-    pad_token_id: int,
-    context_ids: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    sync_every: int = 8,
-    impl: str = "auto",
-) -> Samples:
+def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, *,
+           eos_token_id: int | Sequence[int] | None, pad_token_id: int, context_ids: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, sync_every: int = 8, impl: str = "auto") -> Samples:
     """Batched ancestral sampling x ~ q(.|prompt) with a KV cache; returns Samples with log_q = log q(x|prompt).
 
     model: HF causal LM or encoder-decoder (run in eval mode here; each submodule's training flag is restored).
@@ -171,11 +133,9 @@ def sample(
       "lean"   fast.decoders.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
       "static" fast.decoders.StaticSampler eagerly (device-side step counter, static shapes; for tests);
       "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape);
-      "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile into two Inductor
-               graphs (decode body; draw + bookkeeping) around the eager LM head (needs a C++ compiler; the first
-               call per model/shape compiles for ~5-60 s, then it is cached per model/shape like "graph").
-               Same uniforms, same maths summed in another order: log_q agrees to rounding, and a token can
-               differ only when a uniform falls within rounding of a CDF boundary.
+      "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile (fast/decoders.py;
+               needs a C++ compiler, ~5-60 s on the first call per model/shape): log_q agrees to rounding, and a
+               token can differ only when a uniform falls within rounding of a CDF boundary.
     """
     # 1. validate
     V = _vocab_size(model)
@@ -216,26 +176,19 @@ def sample(
         if impl in ("static", "graph", "compile"):
             from fdpg_core.fast.decoders import sample_static
 
-            tokens, mask, log_q = sample_static(
-                model, prompt_ids, prompt_mask, U, eos_ids=eos_list, pad_id=pad_token_id,
-                truncation=(temperature, top_k, top_p), use_graph=impl == "graph", sync_every=sync_every,
-                compile=impl == "compile",
-            )
+            tokens, mask, log_q = sample_static(model, prompt_ids, prompt_mask, U, eos_ids=eos_list,
+                                                pad_id=pad_token_id, truncation=(temperature, top_k, top_p),
+                                                use_graph=impl == "graph", sync_every=sync_every,
+                                                compile=impl == "compile")
         else:
             tokens, mask, log_q = _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id,
                                                (temperature, top_k, top_p) if truncated else None, sync_every, impl)
 
     # 5. trim to the longest row (one sync; independent of sync_every)
     T = int(mask.any(0).nonzero().max()) + 1
-    return Samples(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        tokens=tokens[:, :T].contiguous(),
-        mask=mask[:, :T].contiguous(),
-        log_q=log_q,
-        context_ids=context_ids.to(device),
-        pad_token_id=pad_token_id,
-    )
+    return Samples(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens[:, :T].contiguous(),
+                   mask=mask[:, :T].contiguous(), log_q=log_q, context_ids=context_ids.to(device),
+                   pad_token_id=pad_token_id)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,10 +203,8 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
     """
     tokens, mask = samples.tokens, samples.mask
     if tokens.ndim != 2 or mask.shape != tokens.shape or tokens.shape[1] == 0:
-        raise ValueError(
-            f"samples.tokens and samples.mask must both be (B, T) with T ≥ 1, got {tuple(tokens.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
+        raise ValueError(f"samples.tokens and samples.mask must both be (B, T) with T ≥ 1, got {tuple(tokens.shape)} "
+                         f"and {tuple(mask.shape)}")
     device = next(model.parameters()).device
     mask = mask.to(device).bool()
     prompt_mask = samples.prompt_mask.to(device).long()
@@ -263,12 +214,8 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
     B, T = tokens.shape
     if _is_encoder_decoder(model):
         start = torch.full_like(tokens[:, :1], _decoder_start_id(model))
-        logits = model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1),  # (B, T) shifted right
-            use_cache=False,
-        ).logits  # (B, T, V)
+        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=False,
+                       decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1)).logits  # (B, T, V); shifted right
         tok_logp = token_logprobs(logits, tokens)  # (B, T)
     else:
         # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}

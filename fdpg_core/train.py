@@ -9,41 +9,29 @@ files and the returned `History`: checkpoint.py.
       4. θ ← θ − α Adam[(1/N) Σ_i (π_θ/q)(x_i) (f′_i − B) ∇_θ log π_θ(x_i)]   (one step per batch)
       5. B ← moving average of the batch mean of f′;  offline: q ← π_θ if KL̂(p‖π_θ) < KL̂(p‖q)
 
-Decisions (see also the field docs of `FDPGConfig`):
-  * Ẑ: per context c, log S_c = logsumexp of log P − log q over all samples of c since step 0 and a
-    count n_c; log Ẑ_c = log S_c − log n_c. Updated with the current batch BEFORE the loss (as in
-    Algorithm 1). Rows whose context still has Ẑ_c = 0 take no part in the update; a batch with no
-    such row (every log P = −inf so far) is skipped (no parameter update) and counted in
-    `train/skipped_steps`.
-  * Baseline B is in units of f′ (what `fdpg_loss(..., baseline=B)` subtracts), built from PREVIOUS
-    steps only (so it is a constant w.r.t. the current batch): 'ema' (initialised with the first
-    batch's mean, then B ← d·B + (1−d)·mean), 'window' (mean of the last W batch means), 'none' (0).
-    The batch mean of f′ is the self-normalised π-weighted mean Σ w f′ / Σ w (w = π/q; = 1 online).
-  * Gradient accumulation: the whole batch is sampled at once (so k micro-batches see exactly the
-    samples of one full batch); micro-batch j contributes fdpg_loss(micro_j) · n_j / n, so the
-    summed gradient is the full-batch mean (1/n) Σ_i of the per-sample terms.
-  * The policy runs in eval mode (no dropout) during training: the gradient theorem needs log π_θ of
-    the very distribution sampled from.
-  * Offline: q = frozen copy of π_θ at start; on every step, with that step's samples, KL(p‖π_θ) and
-    KL(p‖q) are estimated by importance sampling (same samples, same Ẑ); if π_θ is better, q ← π_θ
-    (θ before this step's update, the one whose KL was estimated).
+Decisions (docs/METHOD.md gives the reasons; the field docs of `FDPGConfig` the settings):
+  * Ẑ: per context c, log S_c = logsumexp of log P − log q over every sample of c since step 0 and a count n_c;
+    log Ẑ_c = log S_c − log n_c, updated with the current batch BEFORE the loss. Rows whose context still has
+    Ẑ_c = 0 take no part in the update; a batch with no other row is skipped (`train/skipped_steps`).
+  * The baseline B, in units of f′, is built from PREVIOUS steps only ('ema', 'window', 'none'), from the
+    self-normalised batch mean Σ w f′ / Σ w (w = π/q; 1 online).
+  * grad_accum: the whole batch is sampled at once; micro-batch j contributes fdpg_loss(micro_j) · n_j / n, so the
+    summed gradient is the full-batch one.
+  * The policy runs in eval mode (no dropout): the gradient theorem needs log π_θ of the distribution sampled from.
+  * Offline: q = a frozen copy of π_θ; with each step's samples and Ẑ, q ← π_θ (θ before the update) when the
+    importance-sampled KL(p‖π_θ) is below KL(p‖q). precision='bf16' (fast/precision.py) samples from a bf16 copy q
+    and weights every sample by π_θ/q in the same way; train/ess is the weights' effective sample size.
   * A non-finite log q, log P, log a, log π, pseudo-reward, loss or gradient raises `NonFiniteLossError` naming
     the step and the value (a target's factor by its name) before any state of that step (Ẑ, baseline, parameters,
     optimiser) is updated or saved; the last checkpoint on disk is left untouched. `max_consecutive_skips` steps
     in a row with no target mass raise `ZeroTargetMassError` with the measured base rate.
   * Files (checkpoint.py): a fresh run refuses an out_dir that already holds a run; history.jsonl is append-only;
     checkpoint.pt is written every `checkpoint_every` steps and at the end; resume=True continues exactly.
-  * precision='bf16' (fdpg_core/fast/precision.py): step 1 samples from a bf16 copy q of the sampling model (refreshed
-    every step) with q's exact log q, log π_θ is computed under bf16 autocast (float32 weights and Adam state), and
-    every sample is weighted by π_θ/q as with an offline proposal; the target is scored as given (its base keeps
-    its precision). train/ess is the weights' effective sample size (1 when q = π_θ: online fp32).
-  * Several processes (torchrun, see fdpg_core/distributed.py and docs/DISTRIBUTED.md): batch_size is the
-    global batch; rank r samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the
-    per-sample scalars (log q, log P, log a, features, log π) are all-gathered so Ẑ_c, the baseline, the
-    offline decision and every metric are the single-process computation on the global batch, identical on
-    every rank; the gradients are summed (each rank's loss carries 1/n of the global batch). Rank 0 alone
-    writes history.jsonl and checkpoint.pt (with every rank's RNG state); a non-finite value on any rank
-    stops every rank with the same NonFiniteLossError.
+  * Several processes (torchrun; distributed.py, docs/DISTRIBUTED.md): batch_size is the global batch, rank r
+    samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the per-sample scalars are
+    all-gathered, so Ẑ_c, the baseline, the offline decision and every metric are the one-process computation on
+    the global batch; the gradients are summed. Rank 0 alone writes files; a non-finite value on any rank stops
+    every rank with the same NonFiniteLossError.
 """
 from __future__ import annotations
 

@@ -1,9 +1,15 @@
 """The decode steps behind `sampling.sample`: the Hugging Face KV-cache steppers, the choice of implementation
 (`impl`) and the eager decode loop. `sampling.sample` validates its input, draws the uniforms and calls these.
 
-    make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl)  `.prefill() -> (B, V)`, `.step(tok) -> (B, V)`
+    make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl)  .prefill() -> (B, V), .step(tok) -> (B, V)
     _resolve_impl(model, impl, device)   "auto" -> "graph" (CUDA) / "lean" (CPU) where fast.decoders supports the model
     _sample_loop(...)                    the eager loop (impl "hf" or "lean") -> tokens (B, T), mask (B, T), log_q (B,)
+
+Host syncs: everything runs on the model's device. The decode loops perform no host sync except an "all rows
+finished" check every `sync_every` steps (one bool transfer) and one at the end to trim T (input validation syncs a
+few times before the loop). NB transformers' own create_causal_mask syncs once per step (it reads the 2-D padding
+mask to decide whether SDPA may skip the mask): the "hf" path has that sync, the lean / static / graph paths build
+their masks from a bool key_valid tensor and do not.
 """
 from __future__ import annotations
 
