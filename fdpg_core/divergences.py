@@ -47,13 +47,7 @@ Tensor = torch.Tensor
 LOG2 = math.log(2.0)
 INF = math.inf
 
-__all__ = [
-    "Divergence",
-    "DIVERGENCES",
-    "alpha_divergence",
-    "get_divergence",
-    "exact_divergence",
-]
+__all__ = ["Divergence", "DIVERGENCES", "alpha_divergence", "get_divergence", "exact_divergence"]
 
 
 @dataclass(frozen=True)
@@ -219,13 +213,8 @@ def alpha_divergence(alpha: float) -> Divergence:
     f_zero = 1.0 / a if a > 0 else INF                    # f_α(0)
     f_inf = 1.0 / (1.0 - a) if a < 1 else INF             # lim f_α(t)/t = f′_α(∞)
     fp_zero = -1.0 / b if a > 1 else -INF                 # f′_α(0)
-    return Divergence(
-        name=f"alpha={a!r}",
-        direction=f"Amari α-divergence, α={a!r} (α→0: KL(p‖π), α→1: KL(π‖p))",
-        f=_with_limits(f, f_zero, INF),
-        f_prime=_with_limits(fp, fp_zero, f_inf),
-        f_inf=f_inf,
-    )
+    return Divergence(name=f"alpha={a!r}", direction=f"Amari α-divergence, α={a!r} (α→0: KL(p‖π), α→1: KL(π‖p))",
+                      f=_with_limits(f, f_zero, INF), f_prime=_with_limits(fp, fp_zero, f_inf), f_inf=f_inf)
 
 
 def get_divergence(name_or_div: str | Divergence) -> Divergence:
@@ -242,10 +231,8 @@ def get_divergence(name_or_div: str | Divergence) -> Divergence:
             alpha = None
         if alpha is not None and math.isfinite(alpha):
             return alpha_divergence(alpha)
-    raise ValueError(
-        f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)}, 'alpha=<a>' with a finite "
-        "real a (e.g. 'alpha=0.5'), or a Divergence (e.g. alpha_divergence(0.5))"
-    )
+    raise ValueError(f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)}, 'alpha=<a>' with a "
+                     "finite real a (e.g. 'alpha=0.5'), or a Divergence (e.g. alpha_divergence(0.5))")
 
 
 def exact_divergence(name_or_div: str | Divergence, log_pi: Tensor, log_p: Tensor) -> Tensor:
@@ -259,21 +246,17 @@ def exact_divergence(name_or_div: str | Divergence, log_pi: Tensor, log_p: Tenso
     if not (isinstance(log_pi, Tensor) and isinstance(log_p, Tensor)):
         raise ValueError("log_pi and log_p must be torch tensors")
     if log_pi.shape != log_p.shape or log_pi.dim() == 0:
-        raise ValueError(
-            f"log_pi and log_p must have the same shape (..., S) with the support last; "
-            f"got {tuple(log_pi.shape)} and {tuple(log_p.shape)}"
-        )
+        raise ValueError(f"log_pi and log_p must have the same shape (..., S) with the support last; "
+                         f"got {tuple(log_pi.shape)} and {tuple(log_p.shape)}")
     if torch.isnan(log_pi).any() or torch.isnan(log_p).any() or (log_pi == INF).any() or (log_p == INF).any():
         raise ValueError("log_pi and log_p must be log-probabilities (no NaN, no +inf)")
     atol = 1e-4 if log_pi.dtype == torch.float64 else 1e-2  # catches logits / unnormalised log P, not rounding
     for nm, lv in (("log_pi", log_pi), ("log_p", log_p)):
         log_mass = torch.logsumexp(lv.detach(), dim=-1)  # (...)
         if (log_mass.abs() > atol).any():
-            raise ValueError(
-                f"{nm} must be normalised over the last dim (logsumexp = 0 within {atol:g}); "
-                f"got logsumexp in [{log_mass.min().item():.3g}, {log_mass.max().item():.3g}]. "
-                "Pass log_softmax(...) / log P − log Z, not logits or unnormalised log P."
-            )
+            raise ValueError(f"{nm} must be normalised over the last dim (logsumexp = 0 within {atol:g}); "
+                             f"got logsumexp in [{log_mass.min().item():.3g}, {log_mass.max().item():.3g}]. "
+                             "Pass log_softmax(...) / log P − log Z, not logits or unnormalised log P.")
 
     pi_pos = log_pi > -INF                                 # (..., S)
     p_pos = log_p > -INF                                   # (..., S)

@@ -58,13 +58,7 @@ def ess(log_w: Tensor, *, fraction: bool = False) -> Tensor:
     return out / lw.numel() if fraction else out
 
 
-def is_divergence(
-    divergence: str | Divergence,
-    log_pi: Tensor,
-    log_P: Tensor,
-    log_q: Tensor,
-    log_Z=None,
-) -> Tensor:
+def is_divergence(divergence: str | Divergence, log_pi: Tensor, log_P: Tensor, log_q: Tensor, log_Z=None) -> Tensor:
     """Importance-sampling estimate of D_f(π‖p) = E_p[f(π/p)] from x_i ~ q (so ``kl`` gives KL(p‖π)).
 
     D_f ≈ (1/N) Σ_i [ 1{P>0} (P/q)(x_i)/Ẑ · f(log π − log P + log Ẑ) + 1{P=0} (π/q)(x_i) f_inf ].

@@ -44,10 +44,9 @@ from contextlib import contextmanager
 import torch
 
 from fdpg_core.fast.draw import truncate_logits
-from fdpg_core.fast.logprobs import fused_head, fused_head_logprobs, token_logprobs
-from fdpg_core.fast.steppers import (IMPLS, _decoder_start_id, _is_encoder_decoder, _resolve_impl, _sample_loop,
-                                     make_stepper)
-from fdpg_core.samples import Samples, _position_ids, bos_prompts, left_pad, repeat_prompts
+from fdpg_core.fast.logprobs import teacher_forced_logprobs
+from fdpg_core.fast.steppers import IMPLS, _is_encoder_decoder, _resolve_impl, _sample_loop, make_stepper
+from fdpg_core.samples import Samples, bos_prompts, left_pad, repeat_prompts
 
 __all__ = ["Samples", "sample", "score", "decode", "left_pad", "repeat_prompts", "bos_prompts", "make_stepper",
            "truncate_logits"]
@@ -65,9 +64,7 @@ def _eval_mode(model):
             m.training = flag
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# sample
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- sample
 def _vocab_size(model) -> int:
     emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if emb is not None and hasattr(emb, "weight"):
@@ -191,9 +188,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
                    pad_token_id=pad_token_id)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# score
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------- score
 def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> torch.Tensor:
     """Teacher-forced log π(x | prompt) = Σ_{t: mask} log π(x_t | x_<t, prompt), (B,), differentiable.
 
@@ -211,29 +206,12 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
     # whatever fills padded / post-EOS slots (pad id, −100, ...) cannot change counted log-probs: make it id 0
     tokens = tokens.to(device).long().masked_fill(~mask, 0)
     prompt_ids = samples.prompt_ids.to(device).long().masked_fill(prompt_mask == 0, 0)
-    B, T = tokens.shape
-    if _is_encoder_decoder(model):
-        start = torch.full_like(tokens[:, :1], _decoder_start_id(model))
-        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=False,
-                       decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1)).logits  # (B, T, V); shifted right
-        tok_logp = token_logprobs(logits, tokens)  # (B, T)
-    else:
-        # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}
-        attn = torch.cat([prompt_mask, mask[:, :-1].long()], dim=1)
-        inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
-                      position_ids=_position_ids(attn), use_cache=False)
-        if fused_head(model):
-            tok_logp = fused_head_logprobs(model, inputs, tokens, mask)  # (B, T)
-        else:
-            logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)
-            tok_logp = token_logprobs(logits, tokens)  # (B, T)
+    tok_logp = teacher_forced_logprobs(model, prompt_ids, prompt_mask, tokens, mask)  # (B, T)
     tok_logp = torch.where(mask, tok_logp, 0.0)  # nothing after EOS counts
     return tok_logp if return_token_logprobs else tok_logp.sum(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# decode
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- decode
 def decode(samples: Samples, tokenizer, *, skip_special_tokens: bool = True) -> list[str]:
     """Text of each generated part (tokens under mask, final EOS dropped); also stored in samples.texts."""
     eos = getattr(tokenizer, "eos_token_id", None)

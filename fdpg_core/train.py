@@ -51,7 +51,7 @@ from fdpg_core.config import FDPGConfig, ZeroTargetMassError
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
-from fdpg_core.fast.precision import MixedPrecision
+from fdpg_core.fast.precision import MixedPrecision, check_policy_dtype
 from fdpg_core.sampling import Samples, _vocab_size, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
@@ -216,19 +216,6 @@ def _trainable(policy: torch.nn.Module) -> list[Tensor]:
         raise ValueError(f"train: the policy has no trainable parameter ({n} parameter tensor(s), none with "
                          "requires_grad=True); call policy.requires_grad_(True) (or unfreeze the layers to train)")
     return params
-
-
-def _check_precision(policy: torch.nn.Module) -> None:
-    """Refuse trainable parameters in bfloat16 / float16. An Adam step changes a weight by about lr, far below the
-    spacing of those formats (bfloat16 keeps 8 significant bits: a weight of 0.05 moves in steps of 2.4e-4), so
-    most updates would be rounded away and the policy would silently barely train."""
-    low = [(n, p.dtype) for n, p in policy.named_parameters()
-           if p.requires_grad and p.dtype not in (torch.float32, torch.float64)]
-    if low:
-        raise ValueError(f"train: {len(low)} trainable parameter tensor(s) of the policy are {low[0][1]} (e.g. "
-                         f"{low[0][0]!r}); Adam updates of size lr are mostly rounded away in that format. Call "
-                         "policy.float() before train() (allowed: float32 or float64 parameters; the target's base "
-                         "model may stay in low precision)")
 
 
 def _non_finite_inputs(log_q: Tensor, scored: Scored, cfg: FDPGConfig, online: bool, W: int) -> str | None:
@@ -450,7 +437,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
 
     # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
     params = _trainable(policy)
-    _check_precision(policy)
+    check_policy_dtype(policy)  # float32 / float64 trainable parameters
     optimizer, scheduler = _adam(cfg, params)  # Adam with the linear warm-up
     if proposal is not None and online:
         raise ValueError("train: a proposal model needs config.proposal='offline' (got 'online')")
