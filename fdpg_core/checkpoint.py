@@ -1,11 +1,10 @@
 """The files of a training run and the record list `train` returns.
 
-    out_dir/history.jsonl  one JSON record per logged step, append-only; rewritten atomically only when a resume drops
-                           the rows past its checkpoint. Nothing on disk changes before the first record or checkpoint.
+    out_dir/history.jsonl  one JSON record per logged step, append-only (`_HistoryFile`)
     out_dir/checkpoint.pt  policy, Adam, schedule, proposal, the Ẑ sums, baseline, counters and every rank's RNG
                            states; written atomically every config.checkpoint_every steps and at the end
-                           (`RunFiles.checkpoint_due`), only after the update left every parameter finite.
-    History                train()'s records (a list) with the final running log Ẑ_c and sample count per context.
+                           (`RunFiles.checkpoint_due`), only after the update left every parameter finite
+    History                train()'s records (a list) with the final running log Ẑ_c and sample count per context
 
 A fresh run refuses an out_dir that already holds a run (resume=True continues it, overwrite=True replaces it); a
 resume checks the checkpoint (readable, same config up to _RESUMABLE, same world size). Rank 0 alone writes.
@@ -50,10 +49,6 @@ class History(list):
         self.log_Z, self.count, self.step = log_Z, count, step
 
 
-def _jsonable(rec: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
-
-
 def _rng_state(gen: torch.Generator) -> dict:
     st = {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": gen.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -93,10 +88,8 @@ def _existing_run(out_dir: str) -> str | None:
     return " and ".join(found) or None
 
 
-def _refuse_existing_run(out_dir: str | None, resume: bool, overwrite: bool, rank0: bool) -> None:
+def _refuse_existing_run(out_dir: str, rank0: bool) -> None:
     """A fresh run never replaces a run silently (rank 0 looks; every rank raises)."""
-    if out_dir is None or resume or overwrite:
-        return
     found = dist_.broadcast_object(_existing_run(out_dir) if rank0 else None)
     if found:
         raise FileExistsError(f"train: out_dir={out_dir!r} already holds a run ({found}); a fresh run (resume=False) "
@@ -214,7 +207,8 @@ class RunFiles:
         self.ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
         self.hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
         self.history: list[dict] = []
-        _refuse_existing_run(out_dir, resume, cfg.overwrite, self.rank0)
+        if not (out_dir is None or resume or cfg.overwrite):
+            _refuse_existing_run(out_dir, self.rank0)
         self.file = None if self.hist_path is None or not self.rank0 else \
             _HistoryFile(self.hist_path, [], stale=[] if resume else [self.ckpt_path])
 
@@ -251,7 +245,7 @@ class RunFiles:
 
     def emit(self, rec: dict) -> None:
         """Append a record to the history (every rank); rank 0 also writes it and calls the callbacks."""
-        rec = _jsonable(rec)
+        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}  # JSON
         self.history.append(rec)
         if not self.rank0:
             return
@@ -281,12 +275,6 @@ class RunFiles:
                                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                                "proposal": None if p is None else p.state_dict(), "state": {**st, "step": step + 1},
                                "rng": rngs[0], "world_size": self.W, **({"rng_per_rank": rngs} if self.W > 1 else {})})
-
-    def where(self) -> str:
-        """What a failed run leaves on disk (for the error message)."""
-        path = self.ckpt_path
-        return (f"the last checkpoint {path!r} is kept" if path and os.path.exists(path)
-                else "no checkpoint was written" + ("" if path else " (out_dir=None)"))
 
     def result(self, st: dict, step: int) -> History:
         """The returned History: the records, the final running log Ẑ_c and n_c, and `step`, the steps done."""

@@ -12,17 +12,12 @@ import torch
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.fast.precision import PRECISIONS
 
-__all__ = ["FDPGConfig", "ZeroTargetMassError"]
+__all__ = ["FDPGConfig"]
 
 _BASELINES = ("ema", "window", "none")
 _PROPOSALS = ("online", "offline")
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-class ZeroTargetMassError(RuntimeError):
-    """Training stopped after `FDPGConfig.max_consecutive_skips` steps in a row were skipped because no sample of
-    their contexts had P(x) > 0 (the history and the checkpoint up to that step are kept)."""
 
 
 @dataclass
@@ -58,9 +53,8 @@ class FDPGConfig:
     """baseline subtracted from f′: 'ema' (exponential moving average of previous batch means of f′), 'window'
     (mean of the last baseline_window batch means), 'none' (0)."""
     baseline_ema: float = 0.9
-    """EMA decay d in [0, 1) for baseline='ema' (B ← d·B + (1−d)·mean f′). 0.9 follows E_π[f′] within ~10 steps;
-    on the toy a slow 0.99 lagged behind the fast early change of E_π[f′] and made js collapse (the lag acts as a
-    reward for whatever was sampled)."""
+    """EMA decay d in [0, 1) for baseline='ema' (B ← d·B + (1−d)·mean f′). 0.9 follows E_π[f′] within ~10 steps
+    (a slow 0.99 lagged behind it on the toy and made js collapse: docs/METHOD.md, "The baseline")."""
     baseline_window: int = 100
     """number of previous steps averaged for baseline='window' (≥ 1)."""
     proposal: str = "online"
@@ -93,11 +87,9 @@ class FDPGConfig:
     """stop with ZeroTargetMassError after this many steps in a row were skipped (no sample of the batch's contexts
     has P(x) > 0 so far: e.g. a constraint far rarer than 1 / batch_size); None = never stop."""
     precision: str = "fp32"
-    """'fp32' (everything in float32); 'bf16' (samples from a bf16 copy q of π_θ refreshed every step, with its exact
-    log q; log π_θ under bf16 autocast with float32 weights and Adam state; every sample weighted by π_θ/q, so the
-    gradient is the same in expectation; the weights' effective sample size is logged as train/ess; the base a keeps
-    its own precision, so the target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units: a CPU with
-    AMX or AVX512-BF16, a CUDA GPU with native bf16; fp32 elsewhere). See fdpg_core/fast/precision.py."""
+    """'fp32' (everything in float32); 'bf16' (samples from a bf16 copy q of π_θ with its exact log q, log π_θ under
+    bf16 autocast, every sample weighted by π_θ/q: the same gradient in expectation, its ESS logged as train/ess; the
+    target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units, else fp32). See fast/precision.py."""
 
     def __post_init__(self):
         bad = []

@@ -35,9 +35,7 @@ DEFAULT_TIMEOUT_S = 600
 """collective timeout (s) set on init_process_group (env FDPG_DIST_TIMEOUT_S overrides; torch's own default is
 30 min). A rank stuck longer than this in a collective raises instead of hanging the job."""
 HUNG_PROBE_S = 10.0
-"""when a collective of train() times out (gloo), every rank that is still alive meets at a barrier of a separate gloo
-group (monitored_barrier) for at most this long: rank 0 then names the ranks that never arrived (hung), and the other
-ranks name rank 0 when it never answers."""
+"""the longest wait (s) of the hung-rank probe that follows a timed-out collective (gloo; see _names_hung_ranks)."""
 RANK_SEED_STRIDE = 1000
 """rank r samples with a generator seeded seed + RANK_SEED_STRIDE · r (CPU generators use the low 32 bits of a
 seed, so a 2³² stride would collide)."""
@@ -56,9 +54,8 @@ _PROBE: tuple | None = None  # (the default group, the gloo group of the hung-ra
 
 
 def _probe_group():
-    """The gloo group of the hung-rank probe, created once per default gloo group (None with NCCL, whose watchdog
-    ends the process at a timeout before Python could probe). Collective: every rank calls it at the same point
-    (init_distributed, which train() calls on every rank)."""
+    """The gloo group of the hung-rank probe, created once per default gloo group (None with NCCL). Collective: every
+    rank calls it at the same point (init_distributed, which train() calls on every rank)."""
     global _PROBE
     if world_size() == 1 or dist.get_backend() != "gloo":  # NCCL: its watchdog ends the process at a timeout
         return None
@@ -83,19 +80,17 @@ def shutdown_distributed() -> None:
     dist.destroy_process_group()
 
 
-def _is_timeout(e: BaseException) -> bool:
-    return "timed out" in str(e).lower() and not _peer_failure(e)
-
-
 def _names_hung_ranks(fn):
-    """Wrap a collective: a timeout becomes a HungRankError naming the ranks that never reached it (probe: one
-    monitored barrier on a separate gloo group, at most HUNG_PROBE_S seconds)."""
+    """Wrap a collective: a timeout becomes a HungRankError naming the ranks that never reached it. The probe: every
+    rank still alive meets at a monitored barrier of a separate gloo group for at most HUNG_PROBE_S seconds; rank 0
+    names the ranks that never arrived, the others name rank 0 when it never answers."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if world_size() == 1 or not _is_timeout(e) or _PROBE is None or _PROBE[0] is not dist.group.WORLD:
+            timeout = "timed out" in str(e).lower() and not _peer_failure(e)
+            if world_size() == 1 or not timeout or _PROBE is None or _PROBE[0] is not dist.group.WORLD:
                 raise
             raise _hung_rank_error(fn.__name__, e) from e
     return wrapper

@@ -86,13 +86,12 @@ def fdpg_loss(log_pi: Tensor, log_P: Tensor, log_Z, divergence: str | Divergence
     if not torch.isfinite(fp).all():
         bad = ~torch.isfinite(fp)
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"non-finite pseudo-reward −f′(t) for divergence {div.name!r} at {int(bad.sum())} of {fp.numel()} "
-            f"samples (first: log_pi={log_pi.flatten()[i].item():.4g}, log_P={log_P.flatten()[i].item():.4g}). "
-            f"{div.name!r} has f′(0) = {div.f_prime(torch.tensor(-math.inf)).item()} and f′(∞) = {div.f_inf}, so it "
-            "cannot handle log P = −inf (or log π = −inf). For a binary factor b(x) ∈ {0, 1} put a floor on "
-            "log b (log b ≥ −ε_floor, e.g. BinaryFactor(..., log_floor=-10)), or use kl/js/tv."
-        )
+        raise ValueError(f"non-finite pseudo-reward −f′(t) for divergence {div.name!r} at {int(bad.sum())} of "
+                         f"{fp.numel()} samples (first: log_pi={log_pi.flatten()[i].item():.4g}, "
+                         f"log_P={log_P.flatten()[i].item():.4g}). {div.name!r} has f′(0) = "
+                         f"{div.f_prime(torch.tensor(-math.inf)).item()} and f′(∞) = {div.f_inf}, so it cannot handle "
+                         "log P = −inf (or log π = −inf). For a binary factor b(x) ∈ {0, 1} put a floor on log b "
+                         "(log b ≥ −ε_floor, e.g. BinaryFactor(..., log_floor=-10)), or use kl/js/tv.")
     if log_q is None:
         w = torch.ones_like(fp)                                   # on-policy: q = π
     else:

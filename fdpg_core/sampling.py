@@ -5,15 +5,11 @@ f-DPG (Go et al. 2023, Algorithm 1) needs, for every batch,
     from (pure ancestral sampling: q = π_θ, temperature 1, no truncation), and
   * log π_θ(x_i|c) with gradient (and log a(x_i|c) without), by teacher forcing.
 
-Public API
-  Samples                       a batch of prompts + generated continuations (dataclass)
+Public API (Samples and the prompt helpers left_pad, repeat_prompts, bos_prompts are re-exported from samples.py;
+make_stepper, the swappable KV-cache decode step, and truncate_logits from fast/)
   sample(model, prompt_ids, prompt_mask, max_new_tokens, *, eos_token_id, pad_token_id, ...) -> Samples
   score(model, samples, *, return_token_logprobs=False) -> (B,) (or (B, T)) log-probs, differentiable
   decode(samples, tokenizer) -> list[str]  (also stored in samples.texts)
-  left_pad(seqs, pad_id) -> (ids, mask);  repeat_prompts(ids, mask, n) -> (ids, mask, context_ids)
-  bos_prompts(n, bos_token_id) -> (ids, mask)  (unconditional generation: a prompt of just BOS)
-  make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl="auto")  the swappable KV-cache decode step
-  truncate_logits(logits, temperature, top_k, top_p)   evaluation-only truncation used by sample()
 
 Supported models: causal HF LMs taking (input_ids, attention_mask, position_ids, cache, logits_to_keep)
 (GPT2LMHeadModel, GPTNeoForCausalLM, LlamaForCausalLM) and encoder-decoders (T5ForConditionalGeneration).

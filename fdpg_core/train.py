@@ -25,19 +25,15 @@ Decisions (docs/METHOD.md gives the reasons; the field docs of `FDPGConfig` the 
     the step and the value (a target's factor by its name) before any state of that step (Ẑ, baseline, parameters,
     optimiser) is updated or saved; the last checkpoint on disk is left untouched. `max_consecutive_skips` steps
     in a row with no target mass raise `ZeroTargetMassError` with the measured base rate.
-  * Files (checkpoint.py): a fresh run refuses an out_dir that already holds a run; history.jsonl is append-only;
-    checkpoint.pt is written every `checkpoint_every` steps and at the end; resume=True continues exactly.
-  * Several processes (torchrun; distributed.py, docs/DISTRIBUTED.md): batch_size is the global batch, rank r
-    samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the per-sample scalars are
-    all-gathered, so Ẑ_c, the baseline, the offline decision and every metric are the one-process computation on
-    the global batch; the gradients are summed. Rank 0 alone writes files; a non-finite value on any rank stops
-    every rank with the same NonFiniteLossError.
+  * Several processes (torchrun; distributed.py, docs/DISTRIBUTED.md): every rank computes the one-process step on
+    the global batch from all-gathered per-sample scalars and summed gradients; rank 0 alone writes files.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
+import os
 import time
 from typing import Callable, Sequence
 
@@ -47,7 +43,7 @@ from tqdm.auto import tqdm
 
 from fdpg_core import distributed as dist_
 from fdpg_core.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, History, RunFiles
-from fdpg_core.config import FDPGConfig, ZeroTargetMassError
+from fdpg_core.config import FDPGConfig
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
@@ -57,6 +53,11 @@ from fdpg_core.targets import Scored, Target, _eval_mode
 
 __all__ = ["FDPGConfig", "History", "NonFiniteLossError", "ZeroTargetMassError", "train", "CHECKPOINT_NAME",
            "HISTORY_NAME"]
+
+
+class ZeroTargetMassError(RuntimeError):
+    """Training stopped after `FDPGConfig.max_consecutive_skips` steps in a row were skipped because no sample of
+    their contexts had P(x) > 0 (the history and the checkpoint up to that step are kept)."""
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -144,11 +145,6 @@ def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
         return x.mean()
     w = torch.softmax(log_w.to(torch.float64), 0)  # (B,), Σ = 1
     return (w * x).sum()
-
-
-def _ess_fraction(log_w: Tensor | None, device) -> Tensor:
-    """Effective sample size of the importance weights π_θ/q as a fraction of the batch, in (0, 1]; 1 when q = π_θ."""
-    return torch.ones((), dtype=torch.float64, device=device) if log_w is None else ess(log_w, fraction=True)
 
 
 def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
@@ -273,9 +269,8 @@ def _skip(cfg: FDPGConfig, st: dict, step: int, rec: dict, files: RunFiles) -> N
     rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"], "train/skipped": 1})
     files.emit(rec)
     files.after_step(step, st)  # the checkpoint, when due
-    B = cfg.batch_size
     st["skips_in_a_row"] = st.get("skips_in_a_row", 0) + 1
-    K, n = cfg.max_consecutive_skips, st["skips_in_a_row"]
+    K, n, B = cfg.max_consecutive_skips, st["skips_in_a_row"], cfg.batch_size
     if K is not None and n >= K:
         raise ZeroTargetMassError(
             f"f-DPG stopped at step {step}: {n} steps in a row were skipped because no sample of their contexts has "
@@ -365,7 +360,7 @@ def _metrics(v: dict, s: dict, st: dict, q_is_pi: bool, online: bool, device) ->
             "div/js_p_pi": is_divergence("js", lp, lp_norm, lq, 0.0),
             "div/kl_pi_a": kl_pi_a(lp, v["la"], None if q_is_pi else lq),
             "entropy/seq": sequence_entropy(lp) if q_is_pi else _snis_mean(-lp, log_w),
-            "train/ess": _ess_fraction(log_w, device)}
+            "train/ess": torch.ones((), dtype=torch.float64, device=device) if q_is_pi else ess(log_w, fraction=True)}
     vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in v["feats"].items()})
     if not online:
         vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": s["kl_p_q"]})
@@ -379,9 +374,13 @@ def _metrics(v: dict, s: dict, st: dict, q_is_pi: bool, online: bool, device) ->
 
 
 def _stop(step: int, what: str, optimizer, files: RunFiles) -> NonFiniteLossError:
+    """The error that stops a step before any update, saying what is left on disk."""
     optimizer.zero_grad(set_to_none=True)
+    path = files.ckpt_path
+    where = (f"the last checkpoint {path!r} is kept" if path and os.path.exists(path)
+             else "no checkpoint was written" + ("" if path else " (out_dir=None)"))
     return NonFiniteLossError(f"f-DPG stopped at step {step}: {what}. No update was applied at this step "
-                              f"(the policy holds the parameters before step {step}); {files.where()}.")
+                              f"(the policy holds the parameters before step {step}); {where}.")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -400,10 +399,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     callbacks: each called as cb(record, policy) after a record is appended.
     proposal: offline mode only: the initial proposal q (e.g. the base model a when π_θ starts elsewhere);
         default a frozen copy of `policy`. It is copied, never modified.
-    resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline,
-        proposal, RNG states); the records of history.jsonl at or past the checkpoint's step (and a torn last
-        line) are dropped with a warning when the run writes its first record. With several processes: the
-        same world size, every rank reading the same out_dir. Without resume, an out_dir that already holds a
+    resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline, proposal, RNG
+        states; several processes: the same world size); the records of history.jsonl at or past the checkpoint's
+        step (and a torn last line) are dropped with a warning. Without resume, an out_dir that already holds a
         run raises FileExistsError unless config.overwrite.
     sampler: draws the batch, called like sampling.sample(model, prompt_ids, prompt_mask, max_new_tokens, *,
         eos_token_id, pad_token_id, context_ids, generator) -> Samples (default sampling.sample); it must return
