@@ -282,25 +282,25 @@ def _skip(cfg: FDPGConfig, st: dict, step: int, rec: dict, files: RunFiles) -> N
 
 
 # ----------------------------------------------------------------------------------- the steps of train()
-def _micro_batch_loss(policy, samples: Samples, prec: MixedPrecision, div: Divergence, b: dict, k: int, lo: int,
+def _micro_batch_loss(policy, samples: Samples, prec: MixedPrecision, div: Divergence, batch: dict, k: int, lo: int,
                       b_used: Tensor, q_is_pi: bool, online: bool) -> tuple[str | None, Tensor, Tensor]:
     """Step 4 on this rank's rows: backward of Σ_j fdpg_loss(micro_j)·n_j/n over the k micro-batches (n = global valid
     rows; summed over ranks = the full-batch mean). Returns (the first failure message or None, detached log π_θ
     (B_loc,), the summed loss (0-d float64))."""
     B_loc = len(samples)
-    log_q, log_P, log_Z_rows, valid = b["log_q"], b["log_P"], b["log_Z_rows"], b["valid"]
+    log_q, log_P, log_Z_rows, valid = batch["log_q"], batch["log_P"], batch["log_Z_rows"], batch["valid"]
     log_pi = torch.zeros(B_loc, dtype=log_q.dtype, device=log_q.device)  # (B_loc,) detached log π_θ
     loss_sum = torch.zeros((), dtype=torch.float64, device=log_q.device)
     mb = B_loc // k
     for j in range(k):
-        if b["n_valid_micro"][j] == 0:
+        if batch["n_valid_micro"][j] == 0:
             continue
         sl = slice(j * mb, (j + 1) * mb)  # local rows
         sg = slice(lo + j * mb, lo + (j + 1) * mb)  # the same rows in the global batch
         with prec.autocast():
             lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
         lP, lZ, lq = log_P[sg], log_Z_rows[sg], log_q[sg]
-        if b["n_valid_micro"][j] < mb:  # drop rows of contexts with Ẑ_c = 0
+        if batch["n_valid_micro"][j] < mb:  # drop rows of contexts with Ẑ_c = 0
             v = valid[sg]
             lp_v, lP, lZ, lq = lp[v], lP[v], lZ[v], lq[v]
         else:
@@ -309,7 +309,7 @@ def _micro_batch_loss(policy, samples: Samples, prec: MixedPrecision, div: Diver
         if not torch.isfinite(fp).all():
             return _bad_reward_message(div, lp_v.detach(), lP), log_pi, loss_sum
         loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if q_is_pi else lq, baseline=b_used)
-        loss = loss * (b["n_valid_micro"][j] / b["n_valid"])  # micro-batch weight n_j / n
+        loss = loss * (batch["n_valid_micro"][j] / batch["n_valid"])  # micro-batch weight n_j / n
         if not torch.isfinite(loss):
             return _bad_loss_message(loss, lp_v, lq, online), log_pi, loss_sum
         loss.backward()
@@ -318,16 +318,15 @@ def _micro_batch_loss(policy, samples: Samples, prec: MixedPrecision, div: Diver
     return None, log_pi, loss_sum
 
 
-def _valid_rows(b: dict, log_pi: Tensor, scored: Scored, div: Divergence, q_is_pi: bool) -> dict:
+def _valid_rows(batch: dict, log_pi: Tensor, scored: Scored, div: Divergence, q_is_pi: bool) -> dict:
     """Step 5: the per-row values of the valid rows (θ before the update), log π/q, log p = log P − log Ẑ_c, f′ and
     its self-normalised batch mean."""
-    valid = b["valid"]
-    if b["n_valid"] < valid.numel():
-        lp_v, lP_v, lZ_v, lq_v = log_pi[valid], b["log_P"][valid], b["log_Z_rows"][valid], b["log_q"][valid]
+    valid, log_P, log_Z_rows, log_q = batch["valid"], batch["log_P"], batch["log_Z_rows"], batch["log_q"]  # (B,)
+    if batch["n_valid"] < valid.numel():
+        lp_v, lP_v, lZ_v, lq_v = log_pi[valid], log_P[valid], log_Z_rows[valid], log_q[valid]
         la_v, feats = scored.log_a[valid], {n: f[valid] for n, f in scored.features.items()}
     else:
-        lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, b["log_P"], b["log_Z_rows"], b["log_q"], scored.log_a, \
-            scored.features
+        lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, log_P, log_Z_rows, log_q, scored.log_a, scored.features
     log_w = None if q_is_pi else lp_v - lq_v  # log π/q (n,)
     lp_norm = (lP_v.double() - lZ_v).to(lp_v.dtype)  # log p = log P − log Ẑ_c (per row)
     fp_all = -pseudo_reward(lp_v, lP_v, lZ_v, div)  # (n,) f′
@@ -484,19 +483,19 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 raise _stop(step, msg, optimizer, files)
             st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, scored.log_P - log_q)
             log_Z_c = st["log_S"] - torch.log(st["count"])  # (C,) log Ẑ_c (NaN for unseen contexts)
-            b = {"log_q": log_q, "log_P": scored.log_P, "log_Z_rows": log_Z_c[rows]}  # (B,) each
-            b["valid"] = valid = torch.isfinite(b["log_Z_rows"])  # (B,) rows whose context has Ẑ_c > 0
-            b["n_valid"], *b["n_valid_micro"] = torch.cat([valid.sum().view(1),  # global; then this rank's micro-
-                                                           valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)]).tolist()
+            batch = {"log_q": log_q, "log_P": scored.log_P, "log_Z_rows": log_Z_c[rows]}  # (B,) each
+            batch["valid"] = valid = torch.isfinite(batch["log_Z_rows"])  # (B,) rows whose context has Ẑ_c > 0
+            n_micro = valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)  # (k,) valid rows of this rank's micro-batches
+            batch["n_valid"], *batch["n_valid_micro"] = torch.cat([valid.sum().view(1), n_micro]).tolist()  # 1 sync
             st["samples_seen"] += B
-            if b["n_valid"] == 0:  # zero target mass so far: skip, no update (raises after max_consecutive_skips)
+            if batch["n_valid"] == 0:  # zero target mass so far: skip, no update (raises after max_consecutive_skips)
                 _skip(cfg, st, step, rec, files)
                 continue
             st["skips_in_a_row"] = 0
 
             # 4. loss over this rank's micro-batches, backward each, then one all-reduce (SUM) of the gradients
             b_used = _baseline_value(cfg, st)  # B from previous steps, in units of f′
-            bad, log_pi, loss_sum = _micro_batch_loss(policy, samples, prec, div, b, k, lo, b_used, q_is_pi, online)
+            bad, log_pi, loss_sum = _micro_batch_loss(policy, samples, prec, div, batch, k, lo, b_used, q_is_pi, online)
             if dist_.all_reduce_grads(params, bad is not None):  # a failure on any rank stops every rank
                 msgs = dist_.all_gather_objects(bad)
                 r_bad = next(r for r, m in enumerate(msgs) if m)
@@ -508,7 +507,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
                 raise _stop(step, f"non-finite gradient norm {grad_norm.item()}", optimizer, files)
 
             # 5. statistics of the valid rows (θ before the update)
-            v = _valid_rows(b, log_pi, scored, div, q_is_pi)
+            v = _valid_rows(batch, log_pi, scored, div, q_is_pi)
 
             # 6. offline: q ← π_θ when KL̂(p‖π_θ) < KL̂(p‖q) on the same proposal samples
             replaced, kl_p_q = (False, None) if online else _offline_swap(v, policy, proposal, st)
