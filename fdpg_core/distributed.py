@@ -1,30 +1,17 @@
-"""Data-parallel f-DPG on torch.distributed: the collectives `train()` uses.
+"""Data-parallel f-DPG on torch.distributed: the collectives `train()` uses (docs/DISTRIBUTED.md).
 
-`train()` is unchanged under `torchrun --nproc_per_node W`: it calls `init_distributed` (a no-op in a
-plain process) and, with W > 1 processes, splits each step as below. B = config.batch_size is the GLOBAL
-batch; it must be divisible by W · grad_accum.
+`train()` is unchanged under `torchrun --nproc_per_node W`: it calls `init_distributed` (a no-op in a plain process).
+B = config.batch_size is the GLOBAL batch; rank r samples the rows [r·B/W, (r+1)·B/W) with its own generator, seeded
+rank_seed(seed, r) = seed + 1000·r. Per step:
 
-    rows of the global batch:  the single-process row → context assignment (B,); rank r takes the rows
-                               [r·B/W, (r+1)·B/W) and samples them with its own generator, seeded
-                               rank_seed(seed, r) = seed + 1000·r  (rank 0 keeps `seed`)
-    1. gather_rows             the per-sample scalars log q, log P, log a and the features of every rank's
-                               rows (one all_gather of an (B/W, K) float64 matrix, exact for fp32/bool/int):
-                               every rank now holds the B-row columns in global row order and updates Ẑ_c
-                               (per context, cumulative) with exactly the single-process arithmetic
-    2. local backward          Σ_{i in rank's rows} (1/n) w_i (f′_i − B) ∇ log π_θ(x_i), n = GLOBAL valid rows
-       all_reduce_grads        SUM over ranks → (1/n) Σ_{i in global batch}: the single-process gradient
-    3. gather_rows             log π_θ(x_i) of every row → baseline, metrics and the offline replace-when-better
-                               decision are the single-process code on the global columns: identical on
-                               every rank; the Adam step is identical on every rank (same reduced gradient)
+    gather_rows        log q, log P, log a and the features of every rank's rows (one all_gather of an (B/W, K)
+                       float64 matrix, exact for fp32/bool/int): Ẑ_c is updated with the one-process arithmetic
+    all_reduce_grads   each rank's backward carries 1/n of the GLOBAL batch; the SUM is the one-process gradient
+    gather_rows        log π_θ of every row: baseline, metrics and the offline decision are the one-process code
 
-DDP is not used on purpose: `sampling.score` runs the LM head itself (DDP only hooks `forward`), and a rank
-whose micro-batches hold no row with Ẑ_c > 0 skips their backward (DDP needs the same number of backward
-calls on every rank). One explicit all-reduce of the (bucketed) gradients per step replaces it.
-
-Rank 0 alone writes history.jsonl and checkpoint.pt; the checkpoint holds every rank's RNG states
-(`rng_per_rank`), so resume (same world size) continues each rank's sample stream exactly.
-
-The command line of one rank (run by torchrun) is fdpg_core.kit.torchrun.
+DDP is not used on purpose: `sampling.score` runs the LM head itself (DDP only hooks `forward`), and a rank whose
+rows all have Ẑ_c = 0 skips its backward (DDP needs the same backward calls on every rank). Rank 0 alone writes
+files; the checkpoint holds every rank's RNG states. The command line of one rank is fdpg_core.kit.torchrun.
 """
 from __future__ import annotations
 
@@ -40,18 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DEFAULT_TIMEOUT_S", "HUNG_PROBE_S", "RANK_SEED_STRIDE", "HungRankError",
-           "rank_seed", "world_size", "rank", "is_main", "launched", "local_device", "init_distributed", "check_backend",
-           "gather_rows", "all_reduce_grads", "broadcast_module", "broadcast_object", "gather_objects",
-           "all_gather_objects"]
+__all__ = ["DEFAULT_TIMEOUT_S", "HUNG_PROBE_S", "RANK_SEED_STRIDE", "HungRankError", "rank_seed", "world_size",
+           "rank", "is_main", "launched", "local_device", "init_distributed", "check_backend", "gather_rows",
+           "all_reduce_grads", "broadcast_module", "broadcast_object", "gather_objects", "all_gather_objects"]
 
 DEFAULT_TIMEOUT_S = 600
 """collective timeout (s) set on init_process_group (env FDPG_DIST_TIMEOUT_S overrides; torch's own default is
 30 min). A rank stuck longer than this in a collective raises instead of hanging the job."""
 HUNG_PROBE_S = 10.0
-"""when a collective of train() times out (gloo), every rank that is still alive meets at a barrier of a separate gloo
-group (monitored_barrier) for at most this long: rank 0 then names the ranks that never arrived (hung), and the other
-ranks name rank 0 when it never answers."""
+"""the longest wait (s) of the hung-rank probe that follows a timed-out collective (gloo; see _names_hung_ranks)."""
 RANK_SEED_STRIDE = 1000
 """rank r samples with a generator seeded seed + RANK_SEED_STRIDE · r (CPU generators use the low 32 bits of a
 seed, so a 2³² stride would collide)."""
@@ -70,9 +54,8 @@ _PROBE: tuple | None = None  # (the default group, the gloo group of the hung-ra
 
 
 def _probe_group():
-    """The gloo group of the hung-rank probe, created once per default gloo group (None with NCCL, whose watchdog
-    ends the process at a timeout before Python could probe). Collective: every rank calls it at the same point
-    (init_distributed, which train() calls on every rank)."""
+    """The gloo group of the hung-rank probe, created once per default gloo group (None with NCCL). Collective: every
+    rank calls it at the same point (init_distributed, which train() calls on every rank)."""
     global _PROBE
     if world_size() == 1 or dist.get_backend() != "gloo":  # NCCL: its watchdog ends the process at a timeout
         return None
@@ -97,19 +80,17 @@ def shutdown_distributed() -> None:
     dist.destroy_process_group()
 
 
-def _is_timeout(e: BaseException) -> bool:
-    return "timed out" in str(e).lower() and not _peer_failure(e)
-
-
 def _names_hung_ranks(fn):
-    """Wrap a collective: a timeout becomes a HungRankError naming the ranks that never reached it (probe: one
-    monitored barrier on a separate gloo group, at most HUNG_PROBE_S seconds)."""
+    """Wrap a collective: a timeout becomes a HungRankError naming the ranks that never reached it. The probe: every
+    rank still alive meets at a monitored barrier of a separate gloo group for at most HUNG_PROBE_S seconds; rank 0
+    names the ranks that never arrived, the others name rank 0 when it never answers."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if world_size() == 1 or not _is_timeout(e) or _PROBE is None or _PROBE[0] is not dist.group.WORLD:
+            timeout = "timed out" in str(e).lower() and not _peer_failure(e)
+            if world_size() == 1 or not timeout or _PROBE is None or _PROBE[0] is not dist.group.WORLD:
                 raise
             raise _hung_rank_error(fn.__name__, e) from e
     return wrapper

@@ -47,13 +47,7 @@ Tensor = torch.Tensor
 LOG2 = math.log(2.0)
 INF = math.inf
 
-__all__ = [
-    "Divergence",
-    "DIVERGENCES",
-    "alpha_divergence",
-    "get_divergence",
-    "exact_divergence",
-]
+__all__ = ["Divergence", "DIVERGENCES", "alpha_divergence", "get_divergence", "exact_divergence"]
 
 
 @dataclass(frozen=True)
@@ -94,91 +88,37 @@ def _with_limits(fn: Callable[[Tensor], Tensor], at_zero: float, at_inf: float) 
     return wrapped
 
 
-# --- f and f′ of the named divergences, as functions of s = log t -----------------------------
-
-def _kl_f(s: Tensor) -> Tensor:
-    """f(t) = −log t."""
-    return -s
-
-
-def _kl_fp(s: Tensor) -> Tensor:
-    """f′(t) = −1/t."""
-    return -torch.exp(-s)
-
-
-def _rkl_f(s: Tensor) -> Tensor:
-    """f(t) = t log t."""
-    return torch.exp(s) * s
-
-
-def _rkl_fp(s: Tensor) -> Tensor:
-    """f′(t) = log t + 1."""
-    return s + 1.0
-
-
-def _js_f(s: Tensor) -> Tensor:
-    """f(t) = ½[t log(2t/(1+t)) + log(2/(1+t))]; log(2t/(1+t)) = log 2 − softplus(−s), log(2/(1+t)) = log 2 − softplus(s)."""
-    return 0.5 * (torch.exp(s) * (LOG2 - F.softplus(-s)) + (LOG2 - F.softplus(s)))
-
-
-def _js_fp(s: Tensor) -> Tensor:
-    """f′(t) = ½ log(2t/(1+t)) = ½(log 2 − softplus(−s))."""
-    return 0.5 * (LOG2 - F.softplus(-s))
-
-
-def _tv_f(s: Tensor) -> Tensor:
-    """f(t) = ½|t − 1|."""
-    return 0.5 * torch.abs(torch.expm1(s))
-
-
-def _tv_fp(s: Tensor) -> Tensor:
-    """f′(t) = ½ sign(t − 1) (0 at t = 1, a subgradient)."""
-    return 0.5 * torch.sign(s)
-
-
-def _chi2_f(s: Tensor) -> Tensor:
-    """f(t) = (1 − t)²/t = (√t − 1/√t)² = 4 sinh²(s/2) (no cancellation near t = 1)."""
-    return 4.0 * torch.sinh(0.5 * s) ** 2
-
-
-def _chi2_fp(s: Tensor) -> Tensor:
-    """f′(t) = 1 − 1/t² = −expm1(−2s)."""
-    return -torch.expm1(-2.0 * s)
-
-
-def _rchi2_f(s: Tensor) -> Tensor:
-    """f(t) = (t − 1)²."""
-    return torch.expm1(s) ** 2
-
-
-def _rchi2_fp(s: Tensor) -> Tensor:
-    """f′(t) = 2(t − 1)."""
-    return 2.0 * torch.expm1(s)
-
-
-def _hellinger_f(s: Tensor) -> Tensor:
-    """f(t) = ½(√t − 1)²."""
-    return 0.5 * torch.expm1(0.5 * s) ** 2
-
-
-def _hellinger_fp(s: Tensor) -> Tensor:
-    """f′(t) = ½(1 − 1/√t) = −½ expm1(−s/2)."""
-    return -0.5 * torch.expm1(-0.5 * s)
-
-
 def _row(name, direction, f, fp, f_zero, fp_zero, f_inf, f_at_inf=INF) -> Divergence:
     """One table row; f(∞) is +∞ for every member except kl (−log t → −∞)."""
     return Divergence(name, direction, _with_limits(f, f_zero, f_at_inf), _with_limits(fp, fp_zero, f_inf), f_inf)
 
 
+# One row per divergence: key, direction, f(s) and f′(s) with s = log t (each formula above its row, written in forms
+# without cancellation), then f(0), f′(0), f_inf.
 DIVERGENCES: dict[str, Divergence] = {
-    "kl": _row("kl", "KL(p‖π) (forward KL, DPG)", _kl_f, _kl_fp, INF, -INF, 0.0, f_at_inf=-INF),
-    "rkl": _row("rkl", "KL(π‖p) (reverse KL, KL-regularised RL)", _rkl_f, _rkl_fp, 0.0, -INF, INF),
-    "js": _row("js", "JS(π, p) = ½KL(π‖m) + ½KL(p‖m), m = (π+p)/2", _js_f, _js_fp, 0.5 * LOG2, -INF, 0.5 * LOG2),
-    "tv": _row("tv", "TV(π, p) = ½Σ|π − p|", _tv_f, _tv_fp, 0.5, -0.5, 0.5),
-    "chi2": _row("chi2", "χ²(p‖π) = Σ(p − π)²/π", _chi2_f, _chi2_fp, INF, -INF, 1.0),
-    "rchi2": _row("rchi2", "χ²(π‖p) = Σ(π − p)²/p", _rchi2_f, _rchi2_fp, 1.0, -2.0, INF),
-    "hellinger": _row("hellinger", "H²(π, p) = ½Σ(√π − √p)²", _hellinger_f, _hellinger_fp, 0.5, -INF, 0.5),
+    # f(t) = −log t;  f′(t) = −1/t
+    "kl": _row("kl", "KL(p‖π) (forward KL, DPG)", lambda s: -s, lambda s: -torch.exp(-s), INF, -INF, 0.0,
+               f_at_inf=-INF),
+    # f(t) = t log t;  f′(t) = log t + 1
+    "rkl": _row("rkl", "KL(π‖p) (reverse KL, KL-regularised RL)", lambda s: torch.exp(s) * s, lambda s: s + 1.0,
+                0.0, -INF, INF),
+    # f(t) = ½[t log(2t/(1+t)) + log(2/(1+t))];  f′(t) = ½ log(2t/(1+t)); with log(2t/(1+t)) = log 2 − softplus(−s)
+    # and log(2/(1+t)) = log 2 − softplus(s)
+    "js": _row("js", "JS(π, p) = ½KL(π‖m) + ½KL(p‖m), m = (π+p)/2",
+               lambda s: 0.5 * (torch.exp(s) * (LOG2 - F.softplus(-s)) + (LOG2 - F.softplus(s))),
+               lambda s: 0.5 * (LOG2 - F.softplus(-s)), 0.5 * LOG2, -INF, 0.5 * LOG2),
+    # f(t) = ½|t − 1|;  f′(t) = ½ sign(t − 1) (0 at t = 1, a subgradient)
+    "tv": _row("tv", "TV(π, p) = ½Σ|π − p|", lambda s: 0.5 * torch.abs(torch.expm1(s)), lambda s: 0.5 * torch.sign(s),
+               0.5, -0.5, 0.5),
+    # f(t) = (1 − t)²/t = (√t − 1/√t)² = 4 sinh²(s/2) (no cancellation near t = 1);  f′(t) = 1 − 1/t² = −expm1(−2s)
+    "chi2": _row("chi2", "χ²(p‖π) = Σ(p − π)²/π", lambda s: 4.0 * torch.sinh(0.5 * s) ** 2,
+                 lambda s: -torch.expm1(-2.0 * s), INF, -INF, 1.0),
+    # f(t) = (t − 1)²;  f′(t) = 2(t − 1)
+    "rchi2": _row("rchi2", "χ²(π‖p) = Σ(π − p)²/p", lambda s: torch.expm1(s) ** 2, lambda s: 2.0 * torch.expm1(s),
+                  1.0, -2.0, INF),
+    # f(t) = ½(√t − 1)²;  f′(t) = ½(1 − 1/√t) = −½ expm1(−s/2)
+    "hellinger": _row("hellinger", "H²(π, p) = ½Σ(√π − √p)²", lambda s: 0.5 * torch.expm1(0.5 * s) ** 2,
+                      lambda s: -0.5 * torch.expm1(-0.5 * s), 0.5, -INF, 0.5),
 }
 
 
@@ -219,13 +159,8 @@ def alpha_divergence(alpha: float) -> Divergence:
     f_zero = 1.0 / a if a > 0 else INF                    # f_α(0)
     f_inf = 1.0 / (1.0 - a) if a < 1 else INF             # lim f_α(t)/t = f′_α(∞)
     fp_zero = -1.0 / b if a > 1 else -INF                 # f′_α(0)
-    return Divergence(
-        name=f"alpha={a!r}",
-        direction=f"Amari α-divergence, α={a!r} (α→0: KL(p‖π), α→1: KL(π‖p))",
-        f=_with_limits(f, f_zero, INF),
-        f_prime=_with_limits(fp, fp_zero, f_inf),
-        f_inf=f_inf,
-    )
+    return Divergence(name=f"alpha={a!r}", direction=f"Amari α-divergence, α={a!r} (α→0: KL(p‖π), α→1: KL(π‖p))",
+                      f=_with_limits(f, f_zero, INF), f_prime=_with_limits(fp, fp_zero, f_inf), f_inf=f_inf)
 
 
 def get_divergence(name_or_div: str | Divergence) -> Divergence:
@@ -242,10 +177,8 @@ def get_divergence(name_or_div: str | Divergence) -> Divergence:
             alpha = None
         if alpha is not None and math.isfinite(alpha):
             return alpha_divergence(alpha)
-    raise ValueError(
-        f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)}, 'alpha=<a>' with a finite "
-        "real a (e.g. 'alpha=0.5'), or a Divergence (e.g. alpha_divergence(0.5))"
-    )
+    raise ValueError(f"unknown divergence {name_or_div!r}; allowed keys: {sorted(DIVERGENCES)}, 'alpha=<a>' with a "
+                     "finite real a (e.g. 'alpha=0.5'), or a Divergence (e.g. alpha_divergence(0.5))")
 
 
 def exact_divergence(name_or_div: str | Divergence, log_pi: Tensor, log_p: Tensor) -> Tensor:
@@ -259,21 +192,17 @@ def exact_divergence(name_or_div: str | Divergence, log_pi: Tensor, log_p: Tenso
     if not (isinstance(log_pi, Tensor) and isinstance(log_p, Tensor)):
         raise ValueError("log_pi and log_p must be torch tensors")
     if log_pi.shape != log_p.shape or log_pi.dim() == 0:
-        raise ValueError(
-            f"log_pi and log_p must have the same shape (..., S) with the support last; "
-            f"got {tuple(log_pi.shape)} and {tuple(log_p.shape)}"
-        )
+        raise ValueError(f"log_pi and log_p must have the same shape (..., S) with the support last; "
+                         f"got {tuple(log_pi.shape)} and {tuple(log_p.shape)}")
     if torch.isnan(log_pi).any() or torch.isnan(log_p).any() or (log_pi == INF).any() or (log_p == INF).any():
         raise ValueError("log_pi and log_p must be log-probabilities (no NaN, no +inf)")
     atol = 1e-4 if log_pi.dtype == torch.float64 else 1e-2  # catches logits / unnormalised log P, not rounding
     for nm, lv in (("log_pi", log_pi), ("log_p", log_p)):
         log_mass = torch.logsumexp(lv.detach(), dim=-1)  # (...)
         if (log_mass.abs() > atol).any():
-            raise ValueError(
-                f"{nm} must be normalised over the last dim (logsumexp = 0 within {atol:g}); "
-                f"got logsumexp in [{log_mass.min().item():.3g}, {log_mass.max().item():.3g}]. "
-                "Pass log_softmax(...) / log P − log Z, not logits or unnormalised log P."
-            )
+            raise ValueError(f"{nm} must be normalised over the last dim (logsumexp = 0 within {atol:g}); "
+                             f"got logsumexp in [{log_mass.min().item():.3g}, {log_mass.max().item():.3g}]. "
+                             "Pass log_softmax(...) / log P − log Z, not logits or unnormalised log P.")
 
     pi_pos = log_pi > -INF                                 # (..., S)
     p_pos = log_p > -INF                                   # (..., S)

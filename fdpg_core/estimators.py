@@ -34,15 +34,11 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"expected non-empty tensors of one common shape (B,); got {shapes}")
 
 
-def _logmeanexp(x: Tensor) -> Tensor:
-    """log (1/N) Σ_i exp(x_i) over all elements (−inf if every x_i = −inf)."""
-    return torch.logsumexp(x.flatten(), dim=0) - math.log(x.numel())
-
-
 def log_Z_hat(log_P: Tensor, log_q: Tensor) -> Tensor:
     """log Ẑ = log (1/N) Σ_i P(x_i)/q(x_i) = logmeanexp(log P − log q); −inf if no sample has P > 0."""
     _check_same_shape(log_P=log_P, log_q=log_q)
-    return _logmeanexp(log_P - log_q)
+    log_r = (log_P - log_q).flatten()  # (N,)
+    return torch.logsumexp(log_r, dim=0) - math.log(log_r.numel())  # logmeanexp
 
 
 def ess(log_w: Tensor, *, fraction: bool = False) -> Tensor:
@@ -58,13 +54,7 @@ def ess(log_w: Tensor, *, fraction: bool = False) -> Tensor:
     return out / lw.numel() if fraction else out
 
 
-def is_divergence(
-    divergence: str | Divergence,
-    log_pi: Tensor,
-    log_P: Tensor,
-    log_q: Tensor,
-    log_Z=None,
-) -> Tensor:
+def is_divergence(divergence: str | Divergence, log_pi: Tensor, log_P: Tensor, log_q: Tensor, log_Z=None) -> Tensor:
     """Importance-sampling estimate of D_f(π‖p) = E_p[f(π/p)] from x_i ~ q (so ``kl`` gives KL(p‖π)).
 
     D_f ≈ (1/N) Σ_i [ 1{P>0} (P/q)(x_i)/Ẑ · f(log π − log P + log Ẑ) + 1{P=0} (π/q)(x_i) f_inf ].

@@ -48,9 +48,8 @@ def _log_t(log_pi: Tensor, log_P: Tensor, log_Z) -> Tensor:
     if not isinstance(log_pi, Tensor) or not isinstance(log_P, Tensor):
         raise ValueError("log_pi and log_P must be torch tensors of shape (B,)")
     if log_pi.dim() == 0 or log_pi.shape != log_P.shape:
-        raise ValueError(
-            f"log_pi and log_P must have the same shape (B,); got {tuple(log_pi.shape)} and {tuple(log_P.shape)}"
-        )
+        raise ValueError(f"log_pi and log_P must have the same shape (B,); got {tuple(log_pi.shape)} and "
+                         f"{tuple(log_P.shape)}")
     log_Z = _as_tensor_like(log_Z, log_pi, "log_Z")
     if not torch.isfinite(log_Z).all():
         raise ValueError(f"log_Z must be finite (Ẑ > 0); got {log_Z}. Skip batches while Ẑ = 0.")
@@ -66,15 +65,8 @@ def pseudo_reward(log_pi: Tensor, log_P: Tensor, log_Z, divergence: str | Diverg
     return -div.f_prime(_log_t(log_pi, log_P, log_Z))
 
 
-def fdpg_loss(
-    log_pi: Tensor,
-    log_P: Tensor,
-    log_Z,
-    divergence: str | Divergence,
-    *,
-    log_q: Tensor | None = None,
-    baseline=0.0,
-) -> Tensor:
+def fdpg_loss(log_pi: Tensor, log_P: Tensor, log_Z, divergence: str | Divergence, *, log_q: Tensor | None = None,
+              baseline=0.0) -> Tensor:
     """Scalar surrogate  L = mean_i w_i (f′(t_i) − baseline) log π(x_i),  w_i = π(x_i)/q(x_i) (detached).
 
     ∇_θ L = (1/N) Σ_i w_i (f′(t_i) − baseline) ∇_θ log π_θ(x_i)  ≈  ∇_θ D_f(π_θ‖p)   (minimise L).
@@ -94,13 +86,12 @@ def fdpg_loss(
     if not torch.isfinite(fp).all():
         bad = ~torch.isfinite(fp)
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"non-finite pseudo-reward −f′(t) for divergence {div.name!r} at {int(bad.sum())} of {fp.numel()} "
-            f"samples (first: log_pi={log_pi.flatten()[i].item():.4g}, log_P={log_P.flatten()[i].item():.4g}). "
-            f"{div.name!r} has f′(0) = {div.f_prime(torch.tensor(-math.inf)).item()} and f′(∞) = {div.f_inf}, so it "
-            "cannot handle log P = −inf (or log π = −inf). For a binary factor b(x) ∈ {0, 1} put a floor on "
-            "log b (log b ≥ −ε_floor, e.g. BinaryFactor(..., log_floor=-10)), or use kl/js/tv."
-        )
+        raise ValueError(f"non-finite pseudo-reward −f′(t) for divergence {div.name!r} at {int(bad.sum())} of "
+                         f"{fp.numel()} samples (first: log_pi={log_pi.flatten()[i].item():.4g}, "
+                         f"log_P={log_P.flatten()[i].item():.4g}). {div.name!r} has f′(0) = "
+                         f"{div.f_prime(torch.tensor(-math.inf)).item()} and f′(∞) = {div.f_inf}, so it cannot handle "
+                         "log P = −inf (or log π = −inf). For a binary factor b(x) ∈ {0, 1} put a floor on log b "
+                         "(log b ≥ −ε_floor, e.g. BinaryFactor(..., log_floor=-10)), or use kl/js/tv.")
     if log_q is None:
         w = torch.ones_like(fp)                                   # on-policy: q = π
     else:

@@ -16,9 +16,7 @@ import torch
 __all__ = ["Samples", "left_pad", "repeat_prompts", "bos_prompts"]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Samples
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------- Samples
 @dataclass
 class Samples:
     """A batch of B generated sequences (one row per sample) and the prompts they continue."""
@@ -76,10 +74,8 @@ class Samples:
         pad = pads[0] if len(pads) == 1 else None
         ragged = any(p.prompt_ids.shape[1] != Tp or p.tokens.shape[1] != T for p in parts)
         if ragged and pad is None:
-            raise ValueError(
-                "Samples.cat: parts have different lengths and need one common pad_token_id to be padded, "
-                f"got pad ids {pads} (set Samples.pad_token_id)"
-            )
+            raise ValueError("Samples.cat: parts have different lengths and need one common pad_token_id to be padded, "
+                             f"got pad ids {pads} (set Samples.pad_token_id)")
 
         def lpad(x, n, value):  # (B, t) -> (B, n), left
             return torch.nn.functional.pad(x, (n - x.shape[1], 0), value=value)
@@ -90,21 +86,20 @@ class Samples:
         texts = None
         if all(p.texts is not None for p in parts):
             texts = [t for p in parts for t in p.texts]
-        return Samples(
-            prompt_ids=torch.cat([lpad(p.prompt_ids, Tp, pad or 0) for p in parts]),
-            prompt_mask=torch.cat([lpad(p.prompt_mask, Tp, 0) for p in parts]),
-            tokens=torch.cat([rpad(p.tokens, T, pad or 0) for p in parts]),
-            mask=torch.cat([rpad(p.mask, T, False) for p in parts]),
-            log_q=torch.cat([p.log_q for p in parts]),
-            context_ids=torch.cat([p.context_ids for p in parts]),
-            texts=texts,
-            pad_token_id=pad,
-        )
+        return Samples(prompt_ids=torch.cat([lpad(p.prompt_ids, Tp, pad or 0) for p in parts]),
+                       prompt_mask=torch.cat([lpad(p.prompt_mask, Tp, 0) for p in parts]),
+                       tokens=torch.cat([rpad(p.tokens, T, pad or 0) for p in parts]),
+                       mask=torch.cat([rpad(p.mask, T, False) for p in parts]),
+                       log_q=torch.cat([p.log_q for p in parts]), context_ids=torch.cat([p.context_ids for p in parts]),
+                       texts=texts, pad_token_id=pad)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Prompt helpers
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ Prompt helpers
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 0/1 mask -> (B, L) positions = number of real tokens before each one (0 on left padding)."""
+    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left pad lists of token ids -> ids (C, Tp) long, mask (C, Tp) long (1 = real token)."""
     try:
@@ -128,17 +123,14 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def repeat_prompts(
-    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def repeat_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """C prompts -> C·n rows (each prompt n times, consecutively) and context_ids (C·n,) = [0]*n + [1]*n + ...."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"repeat_prompts: n must be an int ≥ 1, got {n!r}")
     if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
-        raise ValueError(
-            f"repeat_prompts: prompt_ids and prompt_mask must both be (C, Tp), got "
-            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
-        )
+        raise ValueError(f"repeat_prompts: prompt_ids and prompt_mask must both be (C, Tp), got "
+                         f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}")
     C = prompt_ids.shape[0]
     context_ids = torch.arange(C, device=prompt_ids.device).repeat_interleave(n)  # (C·n,)
     return prompt_ids[context_ids], prompt_mask[context_ids], context_ids

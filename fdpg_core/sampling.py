@@ -5,15 +5,11 @@ f-DPG (Go et al. 2023, Algorithm 1) needs, for every batch,
     from (pure ancestral sampling: q = π_θ, temperature 1, no truncation), and
   * log π_θ(x_i|c) with gradient (and log a(x_i|c) without), by teacher forcing.
 
-Public API
-  Samples                       a batch of prompts + generated continuations (dataclass)
+Public API (Samples and the prompt helpers left_pad, repeat_prompts, bos_prompts are re-exported from samples.py;
+make_stepper, the swappable KV-cache decode step, and truncate_logits from fast/)
   sample(model, prompt_ids, prompt_mask, max_new_tokens, *, eos_token_id, pad_token_id, ...) -> Samples
   score(model, samples, *, return_token_logprobs=False) -> (B,) (or (B, T)) log-probs, differentiable
   decode(samples, tokenizer) -> list[str]  (also stored in samples.texts)
-  left_pad(seqs, pad_id) -> (ids, mask);  repeat_prompts(ids, mask, n) -> (ids, mask, context_ids)
-  bos_prompts(n, bos_token_id) -> (ids, mask)  (unconditional generation: a prompt of just BOS)
-  make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl="auto")  the swappable KV-cache decode step
-  truncate_logits(logits, temperature, top_k, top_p)   evaluation-only truncation used by sample()
 
 Supported models: causal HF LMs taking (input_ids, attention_mask, position_ids, cache, logits_to_keep)
 (GPT2LMHeadModel, GPTNeoForCausalLM, LlamaForCausalLM) and encoder-decoders (T5ForConditionalGeneration).
@@ -24,32 +20,18 @@ Conventions
     real tokens before it (position_ids = cumsum(mask) − 1), so a row's result does not depend on its padding.
   * tokens (B, T): T ≤ max_new_tokens is the longest generated row; after EOS a row holds pad_token_id and
     mask False (mask is True up to and including EOS). Nothing after EOS enters log_q or score().
-  * A categorical draw is done by inverse CDF: w = exp(l − max l), cdf = cumsum(w), u = (1 − U)·cdf[-1] with
-    U ~ U[0, 1) so u ∈ (0, total], idx = searchsorted(cdf, u). This is exact (a token with w = 0 is never drawn)
-    and several times faster than torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
-    All the U (T, B) are drawn from `generator` before the loop, so every decode implementation (`impl`) makes
-    the same draws, and a CUDA graph needs no RNG inside.
-  * Decode implementations (`impl`, see sample()): "hf" (the model's forward and cache), "lean" (fast.decoders:
-    the model's modules on a preallocated KV cache, GPT-2 / Llama, the CPU default), "static" / "graph" (the whole
-    step on static buffers, captured as a CUDA graph: the CUDA default). All give the same samples and log_q.
-    "compile" (opt-in, never chosen by "auto") compiles the static step with torch.compile (a two-level draw: the
-    same distribution and log_q, tokens equal up to CDF-boundary rounding).
+  * A categorical draw is exact, by inverse CDF (fast/draw.py), with one uniform per row and step; all the U (T, B)
+    are drawn from `generator` before the loop, so every decode implementation (`impl`, see sample()) makes the same
+    draws, and a CUDA graph needs no RNG inside. The decode steps and their host syncs: fast/steppers.py.
   * score() never builds a (B, T, V) log-softmax: the kernels of fast.logprobs compute log π(x_t) of the
     counted tokens only, with a hand-written backward.
   * Truncation (temperature ≠ 1, top_k, top_p) exists for EVALUATION only. It changes the sampling distribution:
     log_q is then the log-prob under the truncated distribution actually sampled from, which is not π_θ, so
     importance weights π_θ/q built from such samples are biased/undefined off the truncated support. Never train
     on truncated samples.
-  * Device: everything runs on the model's device. Our decode loop performs no host sync except an
-    "all rows finished" check every `sync_every` steps (one bool transfer) and one at the end to trim T
-    (input validation syncs a few times before the loop). NB transformers' own create_causal_mask syncs once
-    per step (it reads the 2-D padding mask to decide whether SDPA may skip the mask): the "hf" path has that
-    sync, the lean / static / graph paths build their masks from a bool key_valid tensor and do not.
 """
-
 from __future__ import annotations
 
-import inspect
 import math
 import operator
 from collections.abc import Sequence
@@ -57,55 +39,13 @@ from contextlib import contextmanager
 
 import torch
 
-from fdpg_core.fast.draw import draw, truncate_logits
-from fdpg_core.fast.logprobs import fused_head, fused_head_logprobs, token_logprobs
+from fdpg_core.fast.draw import truncate_logits
+from fdpg_core.fast.logprobs import teacher_forced_logprobs
+from fdpg_core.fast.steppers import IMPLS, _is_encoder_decoder, _resolve_impl, _sample_loop, make_stepper
 from fdpg_core.samples import Samples, bos_prompts, left_pad, repeat_prompts
 
-__all__ = [
-    "Samples",
-    "sample",
-    "score",
-    "decode",
-    "left_pad",
-    "repeat_prompts",
-    "bos_prompts",
-    "make_stepper",
-    "truncate_logits",
-]
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model plumbing
-# ----------------------------------------------------------------------------------------------------------------
-def _is_encoder_decoder(model) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
-
-
-def _decoder_start_id(model) -> int:
-    """T5's decoder starts from config.decoder_start_token_id (generation_config as a fallback)."""
-    start = getattr(model.config, "decoder_start_token_id", None)
-    if start is None and getattr(model, "generation_config", None) is not None:
-        start = model.generation_config.decoder_start_token_id
-    if start is None:
-        raise ValueError(
-            "encoder-decoder model has no decoder_start_token_id in config or generation_config "
-            "(T5 uses the pad id, 0): set model.config.decoder_start_token_id"
-        )
-    return int(start)
-
-
-def _cache_kwarg(model) -> str:
-    """Name of the KV-cache argument: `cache` in transformers ≥ 5.2x (pinned 5.24), `past_key_values` before."""
-    params = inspect.signature(model.forward).parameters  # follows functools.wraps to the real signature
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _out_cache(out):
-    return out.cache if "cache" in out else out.past_key_values
-
-
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) 0/1 mask -> (B, L) positions = number of real tokens before each one (0 on left padding)."""
-    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
+__all__ = ["Samples", "sample", "score", "decode", "left_pad", "repeat_prompts", "bos_prompts", "make_stepper",
+           "truncate_logits"]
 
 
 @contextmanager
@@ -120,122 +60,7 @@ def _eval_mode(model):
             m.training = flag
 
 
-class _CausalStepper:
-    """KV-cache decoding for a causal LM with left-padded prompts.
-
-    The attention mask (B, Tp + max_new) is preallocated (prompt mask then ones); positions continue from each
-    row's number of real prompt tokens, so the cached run equals a full forward on the unpadded sequence.
-    """
-
-    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens):
-        self.model = model
-        B, Tp = prompt_ids.shape
-        self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
-        self.attn = torch.ones((B, Tp + max_new_tokens), dtype=torch.long, device=prompt_ids.device)
-        self.attn[:, :Tp] = prompt_mask  # (B, Tp + max_new)
-        self.pos = prompt_mask.sum(-1, keepdim=True)  # (B, 1) position of the first generated token
-        self.L = Tp  # tokens seen so far (cache length)
-        self.cache, self.cache_kw = None, _cache_kwarg(model)
-
-    def prefill(self) -> torch.Tensor:
-        out = self.model(
-            input_ids=self.prompt_ids,
-            attention_mask=self.attn[:, : self.L],
-            position_ids=_position_ids(self.prompt_mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.cache = _out_cache(out)
-        return out.logits[:, -1]  # (B, V)
-
-    def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """Feed tok (B,) at the next position; return next-token logits (B, V)."""
-        self.L += 1
-        out = self.model(
-            input_ids=tok[:, None],
-            attention_mask=self.attn[:, : self.L],
-            position_ids=self.pos,
-            use_cache=True,
-            **{self.cache_kw: self.cache},
-        )
-        self.cache = _out_cache(out)
-        self.pos = self.pos + 1
-        return out.logits[:, -1]  # (B, V)
-
-
-class _Seq2SeqStepper:
-    """KV-cache decoding for an encoder-decoder: encoder once, decoder from decoder_start_token_id."""
-
-    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens):
-        self.model = model
-        self.prompt_mask = prompt_mask
-        self.enc = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
-        self.start = torch.full((prompt_ids.shape[0],), _decoder_start_id(model), device=prompt_ids.device)
-        self.cache, self.cache_kw = None, _cache_kwarg(model)
-
-    def prefill(self) -> torch.Tensor:
-        return self.step(self.start)
-
-    def step(self, tok: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            encoder_outputs=self.enc,
-            attention_mask=self.prompt_mask,
-            decoder_input_ids=tok[:, None],
-            use_cache=True,
-            **{self.cache_kw: self.cache},
-        )
-        self.cache = _out_cache(out)
-        return out.logits[:, -1]  # (B, V)
-
-
-IMPLS = ("auto", "hf", "lean", "static", "graph", "compile")
-
-
-def _resolve_impl(model, impl: str, device) -> str:
-    """auto -> graph (CUDA) or lean (CPU) for models fast.decoders supports, else hf. Explicit choices are checked."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "hf":
-        return impl
-    from fdpg_core.fast import decoders  # lazy: keeps `import fdpg_core.sampling` light
-
-    reason = decoders.unsupported_reason(model)
-    if impl == "auto":
-        if reason is not None:
-            return "hf"
-        return "graph" if device.type == "cuda" else "lean"
-    if reason is not None:
-        raise ValueError(f"impl={impl!r} cannot run this model ({reason}); allowed for it: 'auto', 'hf'")
-    if impl == "graph" and device.type != "cuda":
-        raise ValueError(f"impl='graph' needs a CUDA model, got device {device}; allowed here: 'auto', 'hf', "
-                         "'lean', 'static', 'compile'")
-    if impl == "compile":
-        why = decoders.compile_unavailable_reason()
-        if why is not None:
-            raise ValueError(f"impl='compile' is unavailable: {why}")
-    return impl
-
-
-def make_stepper(model, prompt_ids, prompt_mask, max_new_tokens, *, impl: str = "auto",
-                 reuse_buffers: bool = False):
-    """The decode step used by sample(): `.prefill() -> logits (B, V)` then `.step(tok (B,)) -> logits (B, V)`.
-
-    impl: "auto" (the lean static-cache decoder of fast.decoders for GPT-2 / Llama models, HF otherwise), "hf"
-    (the model's own forward with its KV cache) or "lean". reuse_buffers (lean only): return one reused (B, V)
-    logits buffer, valid until the next call."""
-    device = prompt_ids.device
-    impl = _resolve_impl(model, impl, device)
-    if impl in ("lean", "static", "graph", "compile"):
-        from fdpg_core.fast.decoders import LeanStepper
-
-        return LeanStepper(model, prompt_ids, prompt_mask, max_new_tokens, reuse_buffers=reuse_buffers)
-    cls = _Seq2SeqStepper if _is_encoder_decoder(model) else _CausalStepper
-    return cls(model, prompt_ids, prompt_mask, max_new_tokens)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# sample
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- sample
 def _vocab_size(model) -> int:
     emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if emb is not None and hasattr(emb, "weight"):
@@ -257,10 +82,8 @@ def _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V):
     if not isinstance(prompt_ids, torch.Tensor) or not isinstance(prompt_mask, torch.Tensor):
         raise ValueError("prompt_ids and prompt_mask must be torch tensors (see left_pad / bos_prompts)")
     if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[1] == 0:
-        raise ValueError(
-            "prompt_ids and prompt_mask must both have shape (B, Tp) with Tp ≥ 1, got "
-            f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
-        )
+        raise ValueError("prompt_ids and prompt_mask must both have shape (B, Tp) with Tp ≥ 1, got "
+                         f"{tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}")
     if prompt_ids.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"prompt_ids must be an integer tensor, got dtype {prompt_ids.dtype}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -279,59 +102,13 @@ def _validate_prompts(model, prompt_ids, prompt_mask, max_new_tokens, V):
         n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         longest = int(m.sum(-1).max()) + max_new_tokens
         if n_pos is not None and longest > n_pos:
-            raise ValueError(
-                f"longest prompt + max_new_tokens = {longest} exceeds the model's {n_pos} positions"
-            )
+            raise ValueError(f"longest prompt + max_new_tokens = {longest} exceeds the model's {n_pos} positions")
 
 
-def _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id, truncation, sync_every, impl):
-    """The eager decode loop over a stepper (impl "hf" or "lean") -> tokens (B, T), mask (B, T), log_q (B,)."""
-    T, B = U.shape[0], prompt_ids.shape[0]
-    device = prompt_ids.device
-    eos = torch.tensor(eos_list, dtype=torch.long, device=device)  # (E,)
-    tokens = torch.full((B, T), pad_token_id, dtype=torch.long, device=device)  # (B, T)
-    mask = torch.zeros((B, T), dtype=torch.bool, device=device)  # (B, T)
-    log_q = torch.zeros(B, dtype=torch.float32, device=device)  # (B,)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
-    # a) prefill: prompt through the model, logits for the first new token
-    stepper = make_stepper(model, prompt_ids, prompt_mask, T, impl=impl, reuse_buffers=True)
-    logits = stepper.prefill()  # (B, V)
-    work = torch.empty(logits.shape, dtype=torch.float32, device=device)  # reused by every draw
-    for t in range(T):
-        # b) draw x_t ~ q(.|x_<t, c); finished rows emit pad and count nothing
-        if truncation is not None:
-            logits = truncate_logits(logits.float(), *truncation)
-        tok, logp = draw(logits, U[t], work)  # (B,), (B,)
-        alive = ~finished
-        tok = torch.where(alive, tok, pad_token_id)
-        tokens[:, t] = tok
-        mask[:, t] = alive
-        log_q += torch.where(alive, logp, 0.0)  # log q(x) = Σ_t log q(x_t | x_<t)
-        if eos.numel():
-            finished |= (tok[:, None] == eos).any(-1) & alive
-        # c) stop at max length, or (host sync every sync_every steps) when every row has emitted EOS
-        if t + 1 == T or ((t + 1) % sync_every == 0 and bool(finished.all())):
-            break
-        logits = stepper.step(tok)  # (B, V)
-    return tokens, mask, log_q
-
-
-def sample(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    eos_token_id: int | Sequence[int] | None,
-    pad_token_id: int,
-    context_ids: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    sync_every: int = 8,
-    impl: str = "auto",
-) -> Samples:
+def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, *,
+           eos_token_id: int | Sequence[int] | None, pad_token_id: int, context_ids: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, sync_every: int = 8, impl: str = "auto") -> Samples:
     """Batched ancestral sampling x ~ q(.|prompt) with a KV cache; returns Samples with log_q = log q(x|prompt).
 
     model: HF causal LM or encoder-decoder (run in eval mode here; each submodule's training flag is restored).
@@ -349,11 +126,9 @@ def sample(
       "lean"   fast.decoders.LeanStepper: the model's modules on a preallocated KV cache, no HF overhead;
       "static" fast.decoders.StaticSampler eagerly (device-side step counter, static shapes; for tests);
       "graph"  the same captured as one CUDA graph per step and replayed (CUDA only; cached per model/shape);
-      "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile into two Inductor
-               graphs (decode body; draw + bookkeeping) around the eager LM head (needs a C++ compiler; the first
-               call per model/shape compiles for ~5-60 s, then it is cached per model/shape like "graph").
-               Same uniforms, same maths summed in another order: log_q agrees to rounding, and a token can
-               differ only when a uniform falls within rounding of a CDF boundary.
+      "compile" (opt-in, never chosen by "auto") the "static" step compiled by torch.compile (fast/decoders.py;
+               needs a C++ compiler, ~5-60 s on the first call per model/shape): log_q agrees to rounding, and a
+               token can differ only when a uniform falls within rounding of a CDF boundary.
     """
     # 1. validate
     V = _vocab_size(model)
@@ -394,31 +169,22 @@ def sample(
         if impl in ("static", "graph", "compile"):
             from fdpg_core.fast.decoders import sample_static
 
-            tokens, mask, log_q = sample_static(
-                model, prompt_ids, prompt_mask, U, eos_ids=eos_list, pad_id=pad_token_id,
-                truncation=(temperature, top_k, top_p), use_graph=impl == "graph", sync_every=sync_every,
-                compile=impl == "compile",
-            )
+            tokens, mask, log_q = sample_static(model, prompt_ids, prompt_mask, U, eos_ids=eos_list,
+                                                pad_id=pad_token_id, truncation=(temperature, top_k, top_p),
+                                                use_graph=impl == "graph", sync_every=sync_every,
+                                                compile=impl == "compile")
         else:
             tokens, mask, log_q = _sample_loop(model, prompt_ids, prompt_mask, U, eos_list, pad_token_id,
                                                (temperature, top_k, top_p) if truncated else None, sync_every, impl)
 
     # 5. trim to the longest row (one sync; independent of sync_every)
     T = int(mask.any(0).nonzero().max()) + 1
-    return Samples(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        tokens=tokens[:, :T].contiguous(),
-        mask=mask[:, :T].contiguous(),
-        log_q=log_q,
-        context_ids=context_ids.to(device),
-        pad_token_id=pad_token_id,
-    )
+    return Samples(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens[:, :T].contiguous(),
+                   mask=mask[:, :T].contiguous(), log_q=log_q, context_ids=context_ids.to(device),
+                   pad_token_id=pad_token_id)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# score
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------- score
 def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> torch.Tensor:
     """Teacher-forced log π(x | prompt) = Σ_{t: mask} log π(x_t | x_<t, prompt), (B,), differentiable.
 
@@ -428,43 +194,20 @@ def score(model, samples: Samples, *, return_token_logprobs: bool = False) -> to
     """
     tokens, mask = samples.tokens, samples.mask
     if tokens.ndim != 2 or mask.shape != tokens.shape or tokens.shape[1] == 0:
-        raise ValueError(
-            f"samples.tokens and samples.mask must both be (B, T) with T ≥ 1, got {tuple(tokens.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
+        raise ValueError(f"samples.tokens and samples.mask must both be (B, T) with T ≥ 1, got {tuple(tokens.shape)} "
+                         f"and {tuple(mask.shape)}")
     device = next(model.parameters()).device
     mask = mask.to(device).bool()
     prompt_mask = samples.prompt_mask.to(device).long()
     # whatever fills padded / post-EOS slots (pad id, −100, ...) cannot change counted log-probs: make it id 0
     tokens = tokens.to(device).long().masked_fill(~mask, 0)
     prompt_ids = samples.prompt_ids.to(device).long().masked_fill(prompt_mask == 0, 0)
-    B, T = tokens.shape
-    if _is_encoder_decoder(model):
-        start = torch.full_like(tokens[:, :1], _decoder_start_id(model))
-        logits = model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1),  # (B, T) shifted right
-            use_cache=False,
-        ).logits  # (B, T, V)
-        tok_logp = token_logprobs(logits, tokens)  # (B, T)
-    else:
-        # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}
-        attn = torch.cat([prompt_mask, mask[:, :-1].long()], dim=1)
-        inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
-                      position_ids=_position_ids(attn), use_cache=False)
-        if fused_head(model):
-            tok_logp = fused_head_logprobs(model, inputs, tokens, mask)  # (B, T)
-        else:
-            logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)
-            tok_logp = token_logprobs(logits, tokens)  # (B, T)
+    tok_logp = teacher_forced_logprobs(model, prompt_ids, prompt_mask, tokens, mask)  # (B, T)
     tok_logp = torch.where(mask, tok_logp, 0.0)  # nothing after EOS counts
     return tok_logp if return_token_logprobs else tok_logp.sum(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# decode
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- decode
 def decode(samples: Samples, tokenizer, *, skip_special_tokens: bool = True) -> list[str]:
     """Text of each generated part (tokens under mask, final EOS dropped); also stored in samples.texts."""
     eos = getattr(tokenizer, "eos_token_id", None)

@@ -17,9 +17,7 @@ context_ids, tokens, mask, texts) so b may depend on the context.
 A scorer is any callable `scorer(samples) -> Tensor` of shape (B,) (binary, scalar) or (B, K)
 (exponential). Scorers are called under `torch.no_grad()`.
 
-`fit_lam` fits λ for an `ExponentialFactor` by self-normalised importance-sampled moment matching:
-it minimises the convex dual L(λ) = log Σ_i w_i exp(λ·φ_i) − λ·μ̄ (float64, damped Newton) whose
-stationary point is E_{p_λ}[φ] = μ̄ under the SNIS estimate of p_λ ∝ a·exp(λ·φ).
+`fit_lam` fits λ for an `ExponentialFactor` by self-normalised importance-sampled moment matching (E_{p_λ}[φ] = μ̄).
 """
 from __future__ import annotations
 
@@ -37,9 +35,7 @@ from fdpg_core.losses import NonFiniteLossError
 
 Scorer = Callable[..., Tensor]
 
-__all__ = [
-    "Scored", "Target", "BinaryFactor", "ScalarFactor", "ExponentialFactor", "LamFit", "fit_lam",
-]
+__all__ = ["Scored", "Target", "BinaryFactor", "ScalarFactor", "ExponentialFactor", "LamFit", "fit_lam"]
 
 
 def _call_scorer(name: str, scorer: Scorer, samples, expect_dim: int) -> Tensor:
@@ -168,9 +164,6 @@ class ExponentialFactor:
         return log_f, {n: phi[:, k].to(torch.float32) for k, n in enumerate(self.feature_names)}
 
 
-Factor = BinaryFactor | ScalarFactor | ExponentialFactor
-
-
 # ---------------------------------------------------------------------------------------- target
 @dataclass(frozen=True, eq=False)
 class Scored:
@@ -198,7 +191,7 @@ class Target:
             if not hasattr(f, "log_factor"):
                 raise ValueError(f"Target factor {f!r} is not a factor; allowed: BinaryFactor, ScalarFactor, "
                                  "ExponentialFactor")
-        names = [n for f in factors for n in _feature_names(f)]
+        names = [n for f in factors for n in (getattr(f, "feature_names", None) or (f.name,))]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"Target: duplicate factor/feature names {dup}; every factor needs its own name")
@@ -253,10 +246,6 @@ def _check_log_P(terms: list, log_P: Tensor) -> None:
     raise NonFiniteLossError("Target.score: log P = log a + Σ log factors is not finite: " + "; ".join(parts) +
                              ". Allowed: finite values, or -inf for zero mass (a BinaryFactor's b = 0); check that "
                              "scorer or model")
-
-
-def _feature_names(f) -> tuple[str, ...]:
-    return tuple(getattr(f, "feature_names", None) or (f.name,))
 
 
 # -------------------------------------------------------------------------------------- fit_lam

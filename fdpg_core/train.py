@@ -1,4 +1,5 @@
-"""The f-DPG training loop (Algorithm 1 of the paper; docs/METHOD.md) and its documented configuration.
+"""The f-DPG training loop (Algorithm 1 of the paper; docs/METHOD.md). Its settings: `FDPGConfig` (config.py); its
+files and the returned `History`: checkpoint.py.
 
     π_θ ← a;  Ẑ_c ← running mean;  B ← moving average of f′
     for each step:
@@ -8,55 +9,32 @@
       4. θ ← θ − α Adam[(1/N) Σ_i (π_θ/q)(x_i) (f′_i − B) ∇_θ log π_θ(x_i)]   (one step per batch)
       5. B ← moving average of the batch mean of f′;  offline: q ← π_θ if KL̂(p‖π_θ) < KL̂(p‖q)
 
-Decisions (see also the field docs of `FDPGConfig`):
-  * Ẑ: per context c, log S_c = logsumexp of log P − log q over all samples of c since step 0 and a
-    count n_c; log Ẑ_c = log S_c − log n_c. Updated with the current batch BEFORE the loss (as in
-    Algorithm 1). Rows whose context still has Ẑ_c = 0 take no part in the update; a batch with no
-    such row (every log P = −inf so far) is skipped (no parameter update) and counted in
-    `train/skipped_steps`.
-  * Baseline B is in units of f′ (what `fdpg_loss(..., baseline=B)` subtracts), built from PREVIOUS
-    steps only (so it is a constant w.r.t. the current batch): 'ema' (initialised with the first
-    batch's mean, then B ← d·B + (1−d)·mean), 'window' (mean of the last W batch means), 'none' (0).
-    The batch mean of f′ is the self-normalised π-weighted mean Σ w f′ / Σ w (w = π/q; = 1 online).
-  * Gradient accumulation: the whole batch is sampled at once (so k micro-batches see exactly the
-    samples of one full batch); micro-batch j contributes fdpg_loss(micro_j) · n_j / n, so the
-    summed gradient is the full-batch mean (1/n) Σ_i of the per-sample terms.
-  * The policy runs in eval mode (no dropout) during training: the gradient theorem needs log π_θ of
-    the very distribution sampled from.
-  * Offline: q = frozen copy of π_θ at start; on every step, with that step's samples, KL(p‖π_θ) and
-    KL(p‖q) are estimated by importance sampling (same samples, same Ẑ); if π_θ is better, q ← π_θ
-    (θ before this step's update, the one whose KL was estimated).
+Decisions (docs/METHOD.md gives the reasons; the field docs of `FDPGConfig` the settings):
+  * Ẑ: per context c, log S_c = logsumexp of log P − log q over every sample of c since step 0 and a count n_c;
+    log Ẑ_c = log S_c − log n_c, updated with the current batch BEFORE the loss. Rows whose context still has
+    Ẑ_c = 0 take no part in the update; a batch with no other row is skipped (`train/skipped_steps`).
+  * The baseline B, in units of f′, is built from PREVIOUS steps only ('ema', 'window', 'none'), from the
+    self-normalised batch mean Σ w f′ / Σ w (w = π/q; 1 online).
+  * grad_accum: the whole batch is sampled at once; micro-batch j contributes fdpg_loss(micro_j) · n_j / n, so the
+    summed gradient is the full-batch one.
+  * The policy runs in eval mode (no dropout): the gradient theorem needs log π_θ of the distribution sampled from.
+  * Offline: q = a frozen copy of π_θ; with each step's samples and Ẑ, q ← π_θ (θ before the update) when the
+    importance-sampled KL(p‖π_θ) is below KL(p‖q). precision='bf16' (fast/precision.py) samples from a bf16 copy q
+    and weights every sample by π_θ/q in the same way; train/ess is the weights' effective sample size.
   * A non-finite log q, log P, log a, log π, pseudo-reward, loss or gradient raises `NonFiniteLossError` naming
     the step and the value (a target's factor by its name) before any state of that step (Ẑ, baseline, parameters,
     optimiser) is updated or saved; the last checkpoint on disk is left untouched. `max_consecutive_skips` steps
     in a row with no target mass raise `ZeroTargetMassError` with the measured base rate.
-  * Files: a fresh run refuses an out_dir that already holds a run (resume=True continues it, overwrite=True
-    replaces it); nothing on disk changes before the first record, so a run that fails validation writes nothing;
-    history.jsonl is append-only (rewritten atomically only when a resume drops the rows past its checkpoint).
-  * precision='bf16' (fdpg_core/fast/precision.py): step 1 samples from a bf16 copy q of the sampling model (refreshed
-    every step) with q's exact log q, log π_θ is computed under bf16 autocast (float32 weights and Adam state), and
-    every sample is weighted by π_θ/q as with an offline proposal; the target is scored as given (its base keeps
-    its precision). train/ess is the weights' effective sample size (1 when q = π_θ: online fp32).
-  * Several processes (torchrun, see fdpg_core/distributed.py and docs/DISTRIBUTED.md): batch_size is the
-    global batch; rank r samples its rows [r·B/W, (r+1)·B/W) with a generator seeded seed + 1000·r; the
-    per-sample scalars (log q, log P, log a, features, log π) are all-gathered so Ẑ_c, the baseline, the
-    offline decision and every metric are the single-process computation on the global batch, identical on
-    every rank; the gradients are summed (each rank's loss carries 1/n of the global batch). Rank 0 alone
-    writes history.jsonl and checkpoint.pt (with every rank's RNG state); a non-finite value on any rank
-    stops every rank with the same NonFiniteLossError.
+  * Several processes (torchrun; distributed.py, docs/DISTRIBUTED.md): every rank computes the one-process step on
+    the global batch from all-gathered per-sample scalars and summed gradients; rank 0 alone writes files.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import json
 import math
 import os
-import random
 import time
-import warnings
-from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
 import torch
@@ -64,25 +42,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fdpg_core import distributed as dist_
+from fdpg_core.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, History, RunFiles
+from fdpg_core.config import FDPGConfig
 from fdpg_core.divergences import Divergence, get_divergence
 from fdpg_core.estimators import ess, is_divergence, kl_pi_a, sequence_entropy
 from fdpg_core.losses import NonFiniteLossError, fdpg_loss, pseudo_reward
-from fdpg_core.fast.precision import PRECISIONS, MixedPrecision
+from fdpg_core.fast.precision import MixedPrecision, check_policy_dtype
 from fdpg_core.sampling import Samples, _vocab_size, decode, sample, score
 from fdpg_core.targets import Scored, Target, _eval_mode
 
-__all__ = ["FDPGConfig", "NonFiniteLossError", "ZeroTargetMassError", "train", "CHECKPOINT_NAME", "HISTORY_NAME"]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-HISTORY_NAME = "history.jsonl"
-
-_BASELINES = ("ema", "window", "none")
-_PROPOSALS = ("online", "offline")
-_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-# config fields that may change between a run and its resume
-_RESUMABLE = {"n_steps", "log_every", "eval_every", "checkpoint_every", "out_dir", "device", "progress", "overwrite",
-              "max_consecutive_skips", "precision"}
+__all__ = ["FDPGConfig", "History", "NonFiniteLossError", "ZeroTargetMassError", "train", "CHECKPOINT_NAME",
+           "HISTORY_NAME"]
 
 
 class ZeroTargetMassError(RuntimeError):
@@ -90,180 +60,35 @@ class ZeroTargetMassError(RuntimeError):
     their contexts had P(x) > 0 (the history and the checkpoint up to that step are kept)."""
 
 
-@dataclass
-class FDPGConfig:
-    """Settings of `train`. Unknown keys raise ValueError listing the allowed ones."""
-
-    divergence: str | Divergence = "js"
-    """f-divergence to minimise: a key of divergences.DIVERGENCES (kl, rkl, js, tv, chi2, rchi2, hellinger) or a
-    Divergence (e.g. alpha_divergence(0.5)). js is the paper's recommended default."""
-    n_steps: int = 1000
-    """number of parameter updates (steps), one per batch; resume continues up to this number."""
-    batch_size: int = 256
-    """samples per update N (PAPER §6: 256 for GPT-2 tasks). With W processes (torchrun) this is the global batch:
-    each rank samples batch_size / W rows, so W · grad_accum must divide it."""
-    grad_accum: int = 1
-    """micro-batches per update and per process (must divide batch_size / W); the update equals the full-batch one."""
-    samples_per_context: int | None = None
-    """rows per context in a batch (must divide batch_size). None: batch_size // C when C divides batch_size
-    (every context in every batch), else 1 (contexts assigned round-robin to rows)."""
-    max_new_tokens: int = 40
-    """generated tokens per sample (after the prompt)."""
-    lr: float = 1.41e-5
-    """Adam learning rate after warm-up (> 0)."""
-    warmup_steps: int = 100
-    """linear warm-up: lr · min(1, (u + 1) / warmup_steps) at update u; 0 = constant lr."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam (β1, β2), each in [0, 1)."""
-    adam_eps: float = 1e-8
-    """Adam ε (> 0)."""
-    max_grad_norm: float | None = None
-    """clip the gradient's global L2 norm to this value (> 0); None = no clipping (the norm is still logged)."""
-    baseline: str = "ema"
-    """baseline subtracted from f′: 'ema' (exponential moving average of previous batch means of f′), 'window'
-    (mean of the last baseline_window batch means), 'none' (0)."""
-    baseline_ema: float = 0.9
-    """EMA decay d in [0, 1) for baseline='ema' (B ← d·B + (1−d)·mean f′). 0.9 follows E_π[f′] within ~10 steps;
-    on the toy a slow 0.99 lagged behind the fast early change of E_π[f′] and made js collapse (the lag acts as a
-    reward for whatever was sampled)."""
-    baseline_window: int = 100
-    """number of previous steps averaged for baseline='window' (≥ 1)."""
-    proposal: str = "online"
-    """'online': sample from π_θ (q = π_θ, w = 1); 'offline': sample from a frozen copy q of π_θ, importance
-    weights π_θ/q, q ← π_θ when the IS estimate of KL(p‖π_θ) falls below that of KL(p‖q)."""
-    seed: int = 0
-    """seed of the sampling generator (torch.Generator on the device); global RNGs are not seeded. With W processes
-    rank r's generator is seeded seed + 1000·r (distributed.rank_seed)."""
-    log_every: int = 1
-    """compute and append batch metrics to the history every this many steps (≥ 1); the last step is always logged."""
-    eval_every: int | None = None
-    """call metrics_fn(policy, step) every this many steps (≥ 1); None: at step 0 and at the end only."""
-    checkpoint_every: int | None = None
-    """write out_dir/checkpoint.pt every this many steps (≥ 1); it is always written at the end. None: end only."""
-    out_dir: str | None = None
-    """folder for history.jsonl and checkpoint.pt; None = write no files (resume impossible)."""
-    device: str | None = None
-    """device to train on ('cpu', 'cuda', ...); None = the policy's device. The policy is moved there. Under torchrun
-    a CUDA device without an index becomes cuda:LOCAL_RANK (one GPU per process)."""
-    eos_token_id: int | None = None
-    """EOS id ending a sample; None = tokenizer.eos_token_id, then policy.config.eos_token_id."""
-    pad_token_id: int | None = None
-    """filler after EOS; None = tokenizer.pad_token_id, then the EOS id."""
-    progress: bool = True
-    """show a tqdm progress bar."""
-    overwrite: bool = False
-    """a fresh run (resume=False) into an out_dir that already holds a run (checkpoint.pt, or history.jsonl with
-    records) raises unless True; True deletes that run's files when the new run writes its first record."""
-    max_consecutive_skips: int | None = 10
-    """stop with ZeroTargetMassError after this many steps in a row were skipped (no sample of the batch's contexts
-    has P(x) > 0 so far: e.g. a constraint far rarer than 1 / batch_size); None = never stop."""
-    precision: str = "fp32"
-    """'fp32' (everything in float32); 'bf16' (samples from a bf16 copy q of π_θ refreshed every step, with its exact
-    log q; log π_θ under bf16 autocast with float32 weights and Adam state; every sample weighted by π_θ/q, so the
-    gradient is the same in expectation; the weights' effective sample size is logged as train/ess; the base a keeps
-    its own precision, so the target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units: a CPU with
-    AMX or AVX512-BF16, a CUDA GPU with native bf16; fp32 elsewhere). See fdpg_core/fast/precision.py."""
-
-    def __post_init__(self):
-        bad = []
-
-        def need(ok, name, allowed):
-            if not ok:
-                bad.append(f"{name}={getattr(self, name)!r} (allowed: {allowed})")
-
-        get_divergence(self.divergence)  # raises ValueError listing the keys
-
-        def is_int(x, lo):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= lo
-
-        def is_num(x):
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        need(is_int(self.n_steps, 0), "n_steps", "int >= 0")
-        need(is_int(self.batch_size, 1), "batch_size", "int >= 1")
-        need(is_int(self.grad_accum, 1) and is_int(self.batch_size, 1) and self.batch_size % self.grad_accum == 0,
-             "grad_accum", "int >= 1 dividing batch_size")
-        need(self.samples_per_context is None or (is_int(self.samples_per_context, 1) and is_int(self.batch_size, 1)
-                                                  and self.batch_size % self.samples_per_context == 0),
-             "samples_per_context", "None or an int >= 1 dividing batch_size")
-        need(is_int(self.max_new_tokens, 1), "max_new_tokens", "int >= 1")
-        beta1 = self.adam_betas[0] if isinstance(self.adam_betas, (tuple, list)) and self.adam_betas and \
-            is_num(self.adam_betas[0]) and 0 <= self.adam_betas[0] < 1 else 0.9
-        need(is_num(self.lr) and 0 < self.lr < _FLOAT32_MAX * (1 - beta1), "lr",
-             "finite float > 0 whose first Adam step lr / (1 - adam_betas[0]) stays below the float32 maximum 3.4e38")
-        need(is_int(self.warmup_steps, 0), "warmup_steps", "int >= 0")
-        if isinstance(self.adam_betas, list):
-            self.adam_betas = tuple(self.adam_betas)
-        need(isinstance(self.adam_betas, tuple) and len(self.adam_betas) == 2
-             and all(is_num(b) and 0 <= b < 1 for b in self.adam_betas), "adam_betas", "two floats in [0, 1)")
-        need(is_num(self.adam_eps) and self.adam_eps > 0, "adam_eps", "finite float > 0")
-        need(self.max_grad_norm is None or (is_num(self.max_grad_norm) and self.max_grad_norm > 0),
-             "max_grad_norm", "None or float > 0")
-        need(self.baseline in _BASELINES, "baseline", list(_BASELINES))
-        need(is_num(self.baseline_ema) and 0 <= self.baseline_ema < 1, "baseline_ema", "float in [0, 1)")
-        need(is_int(self.baseline_window, 1), "baseline_window", "int >= 1")
-        need(self.proposal in _PROPOSALS, "proposal", list(_PROPOSALS))
-        need(is_int(self.seed, 0) and self.seed < 2 ** 63, "seed", "int in [0, 2**63)")
-        need(is_int(self.log_every, 1), "log_every", "int >= 1")
-        need(self.eval_every is None or is_int(self.eval_every, 1), "eval_every", "None or int >= 1")
-        need(self.checkpoint_every is None or is_int(self.checkpoint_every, 1), "checkpoint_every",
-             "None or int >= 1")
-        need(self.out_dir is None or isinstance(self.out_dir, (str, os.PathLike)), "out_dir", "None or a path")
-        need(self.eos_token_id is None or is_int(self.eos_token_id, 0), "eos_token_id", "None or int >= 0")
-        need(self.pad_token_id is None or is_int(self.pad_token_id, 0), "pad_token_id", "None or int >= 0")
-        need(isinstance(self.progress, bool), "progress", "True or False")
-        need(self.device is None or _is_device(self.device), "device",
-             f"None (the policy's device) or a torch device of type {list(_DEVICE_TYPES)}, e.g. 'cpu', 'cuda', "
-             "'cuda:1'")
-        need(isinstance(self.overwrite, bool), "overwrite", "True or False")
-        need(self.max_consecutive_skips is None or is_int(self.max_consecutive_skips, 1), "max_consecutive_skips",
-             "None or int >= 1")
-        need(self.precision in PRECISIONS, "precision", list(PRECISIONS))
-        if bad:
-            raise ValueError("FDPGConfig: invalid value(s): " + "; ".join(bad))
-
-    def validate(self) -> None:
-        """Check every field again (train() calls it, so a field changed after construction is checked too)."""
-        self.__post_init__()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FDPGConfig":
-        """Build from a dict (e.g. a notebook's parameters); unknown keys raise ValueError."""
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        """Plain, JSON-serialisable dict (the divergence by its name)."""
-        d = asdict(self)
-        d["divergence"] = get_divergence(self.divergence).name
-        d["adam_betas"] = list(self.adam_betas)
-        d["out_dir"] = None if self.out_dir is None else str(self.out_dir)
-        return d
-
-
-def _reject_unknown_keys(init):
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        allowed = [f.name for f in fields(type(self))]
-        unknown = sorted(set(kwargs) - set(allowed))
-        if unknown:
-            raise ValueError(f"FDPGConfig: unknown key(s) {unknown}; allowed keys: {allowed}")
-        init(self, *args, **kwargs)
-    return __init__
-
-
-FDPGConfig.__init__ = _reject_unknown_keys(FDPGConfig.__init__)
-
-
-def _is_device(x) -> bool:
-    if not isinstance(x, (str, torch.device)):
-        return False
-    try:
-        return torch.device(x).type in _DEVICE_TYPES
-    except RuntimeError:  # e.g. 'gpu'
-        return False
-
-
 # ------------------------------------------------------------------------------------------ helpers
+def _layout(cfg: FDPGConfig, C: int, rank: int, W: int) -> tuple[int, int, int, int]:
+    """The batch's rows: (rows per context n_per, contexts per batch m, rows of this rank B_loc, its first global
+    row lo); this rank samples the global rows [lo, lo + B_loc)."""
+    B, k = cfg.batch_size, cfg.grad_accum
+    if B % (W * k):
+        raise ValueError(f"train: batch_size={B} is the global batch and must be divisible by world_size · grad_accum "
+                         f"= {W} · {k} = {W * k} (each of the {W} processes samples batch_size / {W} rows in {k} "
+                         f"micro-batch(es)); allowed: a multiple of {W * k}")
+    n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
+    return n_per, B // n_per, B // W, rank * (B // W)
+
+
+def _adam(cfg: FDPGConfig, params: list[Tensor]):
+    """Adam and its schedule: lr · min(1, (u + 1) / warmup_steps) at update u (constant lr when warmup_steps = 0)."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    warm = cfg.warmup_steps
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
+
+
+def _initial_state(cfg: FDPGConfig, C: int, device) -> dict:
+    """The state a checkpoint saves: step, per-context log S_c and n_c (C,), the baseline, the counters."""
+    return {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
+            "count": torch.zeros(C, dtype=torch.float64, device=device),
+            "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
+            "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
+            "samples_seen": 0, "skipped": 0, "replaced": 0}
+
+
 def _update_log_S(log_S: Tensor, count: Tensor, rows: Tensor, log_r: Tensor) -> tuple[Tensor, Tensor]:
     """Per-context cumulative log Σ P/q and counts: log S_c ← logaddexp(log S_c, logsumexp_{i: c_i=c} log r_i)."""
     C = log_S.numel()
@@ -322,42 +147,6 @@ def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
     return (w * x).sum()
 
 
-def _ess_fraction(log_w: Tensor | None, device) -> Tensor:
-    """Effective sample size of the importance weights π_θ/q as a fraction of the batch, in (0, 1]; 1 when q = π_θ."""
-    return torch.ones((), dtype=torch.float64, device=device) if log_w is None else ess(log_w, fraction=True)
-
-
-def _jsonable(rec: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": gen.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    gen.set_state(st["sampler"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _save(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
-    except Exception as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise OSError(f"could not write the checkpoint {path!r} ({type(e).__name__}: {e}); the previous checkpoint, "
-                      "if any, is unchanged. Free disk space or choose another out_dir, then resume") from e
-
-
 def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
     eos, eos_from = cfg.eos_token_id, "config.eos_token_id"
     if eos is None and tokenizer is not None:
@@ -401,10 +190,18 @@ def _resolve_device(cfg: FDPGConfig, policy) -> torch.device:
     return device
 
 
-def _check_prompts(prompt_ids: Tensor) -> None:
+def _prompts(prompts, device) -> tuple[Tensor, Tensor]:
+    """train()'s `prompts` checked and moved to `device`: prompt_ids (C, Tp), prompt_mask (C, Tp)."""
+    if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
+        raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
+    prompt_ids, prompt_mask = (torch.as_tensor(p).to(device) for p in prompts)
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
+                         f"and {tuple(prompt_mask.shape)}")
     if prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
         raise ValueError(f"train: prompt_ids has shape {tuple(prompt_ids.shape)}; allowed: (C, Tp) with C >= 1 "
                          "contexts of Tp >= 1 tokens (bos_prompts(1, bos_id) for an unconditional target)")
+    return prompt_ids, prompt_mask
 
 
 def _trainable(policy: torch.nn.Module) -> list[Tensor]:
@@ -415,127 +212,6 @@ def _trainable(policy: torch.nn.Module) -> list[Tensor]:
         raise ValueError(f"train: the policy has no trainable parameter ({n} parameter tensor(s), none with "
                          "requires_grad=True); call policy.requires_grad_(True) (or unfreeze the layers to train)")
     return params
-
-
-def _check_precision(policy: torch.nn.Module) -> None:
-    """Refuse trainable parameters in bfloat16 / float16. An Adam step changes a weight by about lr, far below the
-    spacing of those formats (bfloat16 keeps 8 significant bits: a weight of 0.05 moves in steps of 2.4e-4), so
-    most updates would be rounded away and the policy would silently barely train."""
-    low = [(n, p.dtype) for n, p in policy.named_parameters()
-           if p.requires_grad and p.dtype not in (torch.float32, torch.float64)]
-    if low:
-        raise ValueError(f"train: {len(low)} trainable parameter tensor(s) of the policy are {low[0][1]} (e.g. "
-                         f"{low[0][0]!r}); Adam updates of size lr are mostly rounded away in that format. Call "
-                         "policy.float() before train() (allowed: float32 or float64 parameters; the target's base "
-                         "model may stay in low precision)")
-
-
-def _existing_run(out_dir: str) -> str | None:
-    """What of a run out_dir holds (checkpoint.pt, history.jsonl with records), or None."""
-    found = []
-    if os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
-        found.append(CHECKPOINT_NAME)
-    hist = os.path.join(out_dir, HISTORY_NAME)
-    if os.path.exists(hist) and os.path.getsize(hist) > 0:
-        with open(hist, "rb") as fh:
-            found.append(f"{HISTORY_NAME} with {sum(1 for line in fh if line.strip())} record(s)")
-    return " and ".join(found) or None
-
-
-def _refuse_existing_run(out_dir: str | None, resume: bool, overwrite: bool, rank0: bool) -> None:
-    """A fresh run never replaces a run silently (rank 0 looks; every rank raises)."""
-    if out_dir is None or resume or overwrite:
-        return
-    found = dist_.broadcast_object(_existing_run(out_dir) if rank0 else None)
-    if found:
-        raise FileExistsError(f"train: out_dir={out_dir!r} already holds a run ({found}); a fresh run (resume=False) "
-                              "would replace it. Allowed: train(..., resume=True) to continue it, "
-                              "FDPGConfig(overwrite=True) to replace it, or another out_dir")
-
-
-class _History:
-    """Rank 0's history.jsonl, append-only. Nothing on disk changes before `start()` (called by the first record or
-    checkpoint), so a run that fails before its first step writes nothing. start() removes `stale` files (the
-    checkpoint of a run being overwritten) and replaces the file atomically with the `kept` rows (a resume's rows
-    before its checkpoint; none for a fresh run); each record is then appended and flushed."""
-
-    def __init__(self, path: str, kept: list[dict], stale: Sequence[str] = ()):
-        # a copy of `kept`: train's `history` list grows with every record
-        self.path, self.kept, self.stale, self.started = path, list(kept), list(stale), False
-
-    def start(self) -> None:
-        if self.started:
-            return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        for p in self.stale:
-            if os.path.exists(p):
-                os.remove(p)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in self.kept)
-        os.replace(tmp, self.path)  # atomic: the old file or the new one, never half of it
-        self.started = True
-
-    def append(self, rec: dict) -> None:
-        self.start()
-        line = json.dumps(rec, allow_nan=False) + "\n"
-        try:
-            with open(self.path, "a") as fh:
-                fh.write(line)
-                fh.flush()
-        except OSError as e:
-            raise OSError(f"could not append the record of step {rec.get('step')} to {self.path!r} ({e}); the "
-                          "records before it are kept. Free disk space, then resume") from e
-
-
-def _read_history(path: str, step: int) -> list[dict]:
-    """The records of history.jsonl before `step` (the checkpoint's). Records at or past it, and an unparsable
-    (torn) tail left by a killed run, are dropped with a warning; an unparsable line followed by a record before
-    `step` raises ValueError naming the file and the line."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as fh:  # bytes: a torn UTF-8 character is a parse error, not a crash
-        lines = fh.read().split(b"\n")
-    kept, past, torn = [], 0, []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
-        except ValueError:
-            ok = False
-        if not ok:
-            torn.append(i)
-        elif rec["step"] >= step:
-            past += 1
-        elif torn:
-            raise ValueError(f"train(resume=True): {path!r} line {torn[0]} is not a history record (not valid JSON "
-                             f"with an int 'step'), but records before the checkpoint's step {step} follow it "
-                             f"(line {i}). Allowed: repair or delete line {torn[0]} and resume again")
-        else:
-            kept.append(rec)
-    if past or torn:
-        warnings.warn(f"train(resume=True): {path!r}: dropped {past} record(s) at or past the checkpoint's step {step} "
-                      f"(this run recomputes them)" + (f" and {len(torn)} unparsable line(s) at the end ({torn[:5]}; a "
-                                                       "record torn by a killed run)" if torn else ""), stacklevel=3)
-    return kept
-
-
-def _load_checkpoint(path: str) -> dict:
-    """torch.load of our own checkpoint (python RNG tuples: weights_only=False) on the CPU; errors name the file."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, garbage bytes, unreadable file, ...
-        raise ValueError(f"train(resume=True): cannot read the checkpoint {path!r} ({type(e).__name__}: "
-                         f"{str(e)[:200]}); it is truncated or corrupt. Allowed: restore an intact copy, or start "
-                         "again with resume=False and FDPGConfig(overwrite=True)") from e
-    need = ("config", "policy", "optimizer", "scheduler", "state", "rng")
-    missing = [k for k in need if k not in ck] if isinstance(ck, dict) else list(need)
-    if missing:
-        raise ValueError(f"train(resume=True): {path!r} is not an f-DPG checkpoint (missing {missing}); allowed: the "
-                         "checkpoint.pt that train() wrote into this out_dir")
-    return ck
 
 
 def _non_finite_inputs(log_q: Tensor, scored: Scored, cfg: FDPGConfig, online: bool, W: int) -> str | None:
@@ -586,22 +262,15 @@ def _bad_loss_message(loss: Tensor, log_pi: Tensor, log_q: Tensor, online: bool)
     return msg
 
 
-def _check_params_finite(policy: torch.nn.Module, step: int, ckpt_path: str) -> None:
-    """Before a checkpoint: the update of `step` must have left every parameter finite (else the checkpoint on disk
-    is kept as it is)."""
-    named = list(policy.named_parameters())
-    ok = torch.stack([torch.isfinite(p.detach()).all().to(named[0][1].device) for _, p in named]).tolist()  # 1 sync
-    bad = [n for (n, _), good in zip(named, ok) if not good]
-    if bad:
-        raise NonFiniteLossError(f"f-DPG stopped after the update of step {step}: {len(bad)} parameter tensor(s) "
-                                 f"became non-finite (e.g. {bad[0]!r}); lower lr or set max_grad_norm. "
-                                 f"{ckpt_path!r} was not overwritten")
-
-
-def _count_skip(cfg: FDPGConfig, st: dict, step: int, B: int) -> None:
-    """One more skipped step in a row; ZeroTargetMassError after config.max_consecutive_skips of them."""
+def _skip(cfg: FDPGConfig, st: dict, step: int, rec: dict, files: RunFiles) -> None:
+    """A step whose batch has no row with Ẑ_c > 0 (zero target mass so far): no update; its record and the checkpoint
+    when due, then ZeroTargetMassError after config.max_consecutive_skips such steps in a row."""
+    st["skipped"] += 1
+    rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"], "train/skipped": 1})
+    files.emit(rec)
+    files.after_step(step, st)  # the checkpoint, when due
     st["skips_in_a_row"] = st.get("skips_in_a_row", 0) + 1
-    K, n = cfg.max_consecutive_skips, st["skips_in_a_row"]
+    K, n, B = cfg.max_consecutive_skips, st["skips_in_a_row"], cfg.batch_size
     if K is not None and n >= K:
         raise ZeroTargetMassError(
             f"f-DPG stopped at step {step}: {n} steps in a row were skipped because no sample of their contexts has "
@@ -612,12 +281,114 @@ def _count_skip(cfg: FDPGConfig, st: dict, step: int, B: int) -> None:
             "this step are kept")
 
 
+# ----------------------------------------------------------------------------------- the steps of train()
+def _micro_batch_loss(policy, samples: Samples, prec: MixedPrecision, div: Divergence, batch: dict, k: int, lo: int,
+                      b_used: Tensor, q_is_pi: bool, online: bool) -> tuple[str | None, Tensor, Tensor]:
+    """Step 4 on this rank's rows: backward of Σ_j fdpg_loss(micro_j)·n_j/n over the k micro-batches (n = global valid
+    rows; summed over ranks = the full-batch mean). Returns (the first failure message or None, detached log π_θ
+    (B_loc,), the summed loss (0-d float64))."""
+    B_loc = len(samples)
+    log_q, log_P, log_Z_rows, valid = batch["log_q"], batch["log_P"], batch["log_Z_rows"], batch["valid"]
+    log_pi = torch.zeros(B_loc, dtype=log_q.dtype, device=log_q.device)  # (B_loc,) detached log π_θ
+    loss_sum = torch.zeros((), dtype=torch.float64, device=log_q.device)
+    mb = B_loc // k
+    for j in range(k):
+        if batch["n_valid_micro"][j] == 0:
+            continue
+        sl = slice(j * mb, (j + 1) * mb)  # local rows
+        sg = slice(lo + j * mb, lo + (j + 1) * mb)  # the same rows in the global batch
+        with prec.autocast():
+            lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
+        lP, lZ, lq = log_P[sg], log_Z_rows[sg], log_q[sg]
+        if batch["n_valid_micro"][j] < mb:  # drop rows of contexts with Ẑ_c = 0
+            v = valid[sg]
+            lp_v, lP, lZ, lq = lp[v], lP[v], lZ[v], lq[v]
+        else:
+            lp_v = lp
+        fp = -pseudo_reward(lp_v.detach(), lP, lZ, div)  # f′(t) (n_j,)
+        if not torch.isfinite(fp).all():
+            return _bad_reward_message(div, lp_v.detach(), lP), log_pi, loss_sum
+        loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if q_is_pi else lq, baseline=b_used)
+        loss = loss * (batch["n_valid_micro"][j] / batch["n_valid"])  # micro-batch weight n_j / n
+        if not torch.isfinite(loss):
+            return _bad_loss_message(loss, lp_v, lq, online), log_pi, loss_sum
+        loss.backward()
+        loss_sum += loss.detach()
+        log_pi[sl] = lp.detach()
+    return None, log_pi, loss_sum
+
+
+def _valid_rows(batch: dict, log_pi: Tensor, scored: Scored, div: Divergence, q_is_pi: bool) -> dict:
+    """Step 5: the per-row values of the valid rows (θ before the update), log π/q, log p = log P − log Ẑ_c, f′ and
+    its self-normalised batch mean."""
+    valid, log_P, log_Z_rows, log_q = batch["valid"], batch["log_P"], batch["log_Z_rows"], batch["log_q"]  # (B,)
+    if batch["n_valid"] < valid.numel():
+        lp_v, lP_v, lZ_v, lq_v = log_pi[valid], log_P[valid], log_Z_rows[valid], log_q[valid]
+        la_v, feats = scored.log_a[valid], {n: f[valid] for n, f in scored.features.items()}
+    else:
+        lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, log_P, log_Z_rows, log_q, scored.log_a, scored.features
+    log_w = None if q_is_pi else lp_v - lq_v  # log π/q (n,)
+    lp_norm = (lP_v.double() - lZ_v).to(lp_v.dtype)  # log p = log P − log Ẑ_c (per row)
+    fp_all = -pseudo_reward(lp_v, lP_v, lZ_v, div)  # (n,) f′
+    return dict(lp=lp_v, lP=lP_v, lq=lq_v, la=la_v, feats=feats, log_w=log_w, lp_norm=lp_norm,
+                fp_mean=_snis_mean(fp_all, log_w))
+
+
+def _offline_swap(v: dict, policy, proposal, st: dict) -> tuple[bool, Tensor]:
+    """Step 6: q ← π_θ (θ before this update) when KL̂(p‖π_θ) < KL̂(p‖q) on the same proposal samples. Returns
+    (replaced, KL̂(p‖q))."""
+    kl_p_pi = is_divergence("kl", v["lp"], v["lp_norm"], v["lq"], 0.0)
+    kl_p_q = is_divergence("kl", v["lq"], v["lp_norm"], v["lq"], 0.0)
+    if bool(kl_p_pi < kl_p_q):
+        proposal.load_state_dict(policy.state_dict())  # θ before this update
+        st["replaced"] += 1
+        return True, kl_p_q
+    return False, kl_p_q
+
+
+def _metrics(v: dict, s: dict, st: dict, q_is_pi: bool, online: bool, device) -> dict:
+    """Step 8: the record of a logged step: the batch metrics as floats (one host transfer), then the step's
+    scalars `s` (loss, baseline, grad_norm, log_Z_ctx, lr, kl_p_q, replaced, t0) and the counters of `st`."""
+    lp, lq, lp_norm, log_w = v["lp"], v["lq"], v["lp_norm"], v["log_w"]
+    vals = {"train/loss": s["loss"], "train/baseline": s["baseline"], "train/grad_norm": s["grad_norm"],
+            "train/pseudo_reward": -v["fp_mean"],
+            "target/log_Z": s["log_Z_ctx"][torch.isfinite(s["log_Z_ctx"])].mean(),
+            "z/ess": ess(v["lP"].double() - lq.double(), fraction=True),
+            "div/kl_p_pi": is_divergence("kl", lp, lp_norm, lq, 0.0),
+            "div/tv_p_pi": is_divergence("tv", lp, lp_norm, lq, 0.0),
+            "div/js_p_pi": is_divergence("js", lp, lp_norm, lq, 0.0),
+            "div/kl_pi_a": kl_pi_a(lp, v["la"], None if q_is_pi else lq),
+            "entropy/seq": sequence_entropy(lp) if q_is_pi else _snis_mean(-lp, log_w),
+            "train/ess": torch.ones((), dtype=torch.float64, device=device) if q_is_pi else ess(log_w, fraction=True)}
+    vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in v["feats"].items()})
+    if not online:
+        vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": s["kl_p_q"]})
+    floats = torch.stack([x.to(device=device, dtype=torch.float64) for x in vals.values()]).tolist()
+    rec = dict(zip(vals.keys(), floats))
+    rec.update({"train/lr": s["lr"], "train/samples_seen": st["samples_seen"], "train/skipped_steps": st["skipped"],
+                "time/step_s": time.perf_counter() - s["t0"]})
+    if not online:
+        rec.update({"proposal/replaced": st["replaced"], "proposal/replaced_now": int(s["replaced"])})
+    return rec
+
+
+def _stop(step: int, what: str, optimizer, files: RunFiles) -> NonFiniteLossError:
+    """The error that stops a step before any update, saying what is left on disk."""
+    optimizer.zero_grad(set_to_none=True)
+    path = files.ckpt_path
+    where = (f"the last checkpoint {path!r} is kept" if path and os.path.exists(path)
+             else "no checkpoint was written" + ("" if path else " (out_dir=None)"))
+    return NonFiniteLossError(f"f-DPG stopped at step {step}: {what}. No update was applied at this step "
+                              f"(the policy holds the parameters before step {step}); {where}.")
+
+
 # --------------------------------------------------------------------------------------------- train
 def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor], config: FDPGConfig | dict, *,
           tokenizer=None, metrics_fn: Callable | None = None, callbacks: Sequence[Callable] = (),
           proposal: torch.nn.Module | None = None, resume: bool = False,
-          sampler: Callable | None = None) -> list[dict]:
-    """Train `policy` towards `target` by f-DPG (Algorithm 1); returns the history (list of metric records).
+          sampler: Callable | None = None) -> History:
+    """Train `policy` towards `target` by f-DPG (Algorithm 1); returns the History: the list of metric records, with
+    the final running log Ẑ_c (`.log_Z`, (C,)), samples per context (`.count`) and steps done (`.step`).
 
     prompts: (prompt_ids (C, Tp), prompt_mask (C, Tp)), left padded: one row per context
         (C = 1 with a BOS prompt for unconditional targets, see sampling.bos_prompts).
@@ -627,10 +398,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     callbacks: each called as cb(record, policy) after a record is appended.
     proposal: offline mode only: the initial proposal q (e.g. the base model a when π_θ starts elsewhere);
         default a frozen copy of `policy`. It is copied, never modified.
-    resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline,
-        proposal, RNG states); the records of history.jsonl at or past the checkpoint's step (and a torn last
-        line) are dropped with a warning when the run writes its first record. With several processes: the
-        same world size, every rank reading the same out_dir. Without resume, an out_dir that already holds a
+    resume: continue from out_dir/checkpoint.pt exactly (policy, optimizer, scheduler, Ẑ, baseline, proposal, RNG
+        states; several processes: the same world size); the records of history.jsonl at or past the checkpoint's
+        step (and a torn last line) are dropped with a warning. Without resume, an out_dir that already holds a
         run raises FileExistsError unless config.overwrite.
     sampler: draws the batch, called like sampling.sample(model, prompt_ids, prompt_mask, max_new_tokens, *,
         eos_token_id, pad_token_id, context_ids, generator) -> Samples (default sampling.sample); it must return
@@ -653,37 +423,19 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     dist_.check_backend(device)
     rank0 = rank == 0  # rank 0 alone writes files, runs callbacks and shows the progress bar
     policy.to(device)
-    if not (isinstance(prompts, (tuple, list)) and len(prompts) == 2):
-        raise ValueError("train: prompts must be a pair (prompt_ids (C, Tp), prompt_mask (C, Tp))")
-    prompt_ids, prompt_mask = (torch.as_tensor(p).to(device) for p in prompts)
-    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
-        raise ValueError(f"train: prompt_ids and prompt_mask must both be (C, Tp); got {tuple(prompt_ids.shape)} "
-                         f"and {tuple(prompt_mask.shape)}")
-    _check_prompts(prompt_ids)
+    prompt_ids, prompt_mask = _prompts(prompts, device)  # (C, Tp) each
     eos, pad = _resolve_ids(cfg, policy, tokenizer)
     C, B, k = prompt_ids.shape[0], cfg.batch_size, cfg.grad_accum
-    if B % (W * k):
-        raise ValueError(f"train: batch_size={B} is the global batch and must be divisible by world_size · grad_accum "
-                         f"= {W} · {k} = {W * k} (each of the {W} processes samples batch_size / {W} rows in {k} "
-                         f"micro-batch(es)); allowed: a multiple of {W * k}")
-    n_per = cfg.samples_per_context or (B // C if B % C == 0 else 1)  # rows per context
-    m_ctx = B // n_per  # contexts per batch
-    B_loc = B // W  # rows sampled by this rank: global rows [lo, lo + B_loc)
-    lo = rank * B_loc
+    n_per, m_ctx, B_loc, lo = _layout(cfg, C, rank, W)  # rows per context, contexts per batch, this rank's rows
     sampler = sample if sampler is None else sampler
     online = cfg.proposal == "online"
     prec = MixedPrecision(cfg.precision, device)  # bf16: samples from a bf16 copy q, log π_θ under autocast
     q_is_pi = prec.q_is_pi(online)  # importance weights π_θ/q exactly 1 (online fp32)
-    out_dir = None if cfg.out_dir is None else str(cfg.out_dir)
-    ckpt_path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_NAME)
-    hist_path = None if out_dir is None else os.path.join(out_dir, HISTORY_NAME)
 
     # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
     params = _trainable(policy)
-    _check_precision(policy)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / warm) if warm else 1.0)
+    check_policy_dtype(policy)  # float32 / float64 trainable parameters
+    optimizer, scheduler = _adam(cfg, params)  # Adam with the linear warm-up
     if proposal is not None and online:
         raise ValueError("train: a proposal model needs config.proposal='offline' (got 'online')")
     dist_.broadcast_module(policy)  # every rank starts from rank 0's θ (as DDP does)
@@ -692,73 +444,11 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
         dist_.broadcast_module(proposal)
     gen = torch.Generator(device=device)
     gen.manual_seed(dist_.rank_seed(cfg.seed, rank))  # seed + 1000·rank
-    st = {"step": 0, "log_S": torch.full((C,), -math.inf, dtype=torch.float64, device=device),
-          "count": torch.zeros(C, dtype=torch.float64, device=device),
-          "b_ema": torch.zeros((), dtype=torch.float64, device=device), "b_n": 0,
-          "b_buf": torch.zeros(cfg.baseline_window, dtype=torch.float64, device=device),
-          "samples_seen": 0, "skipped": 0, "replaced": 0}
-    history: list[dict] = []
-    _refuse_existing_run(out_dir, resume, cfg.overwrite, rank0)
-    hist_file = None if hist_path is None or not rank0 else _History(hist_path, [], stale=[] if resume else [ckpt_path])
+    st = _initial_state(cfg, C, device)  # step, Ẑ sums and counts, baseline, counters
+    files = RunFiles(cfg, resume, rank, W, callbacks, policy=policy, optimizer=optimizer, scheduler=scheduler,
+                     proposal=proposal, gen=gen)  # history.jsonl, checkpoint.pt; refuses an out_dir holding a run
     if resume:
-        if ckpt_path is None or not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"train(resume=True): no checkpoint at {ckpt_path!r} (config.out_dir="
-                                    f"{cfg.out_dir!r})")
-        # our own file (python RNG tuples): weights_only=False. Load on CPU: RNG states must stay CPU ByteTensors;
-        # load_state_dict copies tensors onto the modules' / optimizer's device.
-        ck = _load_checkpoint(ckpt_path)
-        kept = _read_history(hist_path, ck["state"]["step"]) if hist_file is not None else []  # before any change
-        saved, now = ck["config"], cfg.to_dict()
-        diff = {key: (saved.get(key), now[key]) for key in now if key not in _RESUMABLE and saved.get(key) != now[key]}
-        if diff:
-            raise ValueError(f"train(resume=True): config differs from the checkpoint's in {diff} "
-                             f"(only {sorted(_RESUMABLE)} may change)")
-        if ck.get("world_size", 1) != W:
-            raise ValueError(f"train(resume=True): the checkpoint was written by world_size={ck.get('world_size', 1)} "
-                             f"process(es), this run has world_size={W}; allowed: resume with the same number of "
-                             f"processes (torchrun --nproc_per_node {ck.get('world_size', 1)})")
-        policy.load_state_dict(ck["policy"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        if proposal is not None:
-            proposal.load_state_dict(ck["proposal"])
-        st = ck["state"]
-        st = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in st.items()}
-        _set_rng_state(ck["rng_per_rank"][rank] if W > 1 else ck["rng"], gen)
-        if hist_file is not None:  # rewritten (atomically) when this run writes its first record
-            history, hist_file = kept, _History(hist_path, kept)
-        history = dist_.broadcast_object(history)
-
-    def emit(rec: dict) -> None:
-        rec = _jsonable(rec)
-        history.append(rec)
-        if not rank0:
-            return
-        if hist_file is not None:
-            hist_file.append(rec)
-        for cb in callbacks:
-            cb(rec, policy)
-
-    def checkpoint(next_step: int) -> None:  # collective: every rank calls it (RNG states gathered to rank 0)
-        if ckpt_path is None:
-            return
-        _check_params_finite(policy, next_step - 1, ckpt_path)  # the same parameters on every rank
-        rngs = dist_.gather_objects(_rng_state(gen))  # [rank 0's, …] on rank 0
-        if not rank0:
-            return
-        hist_file.start()  # the history is rewritten before a checkpoint of this run replaces the old one
-        _save(ckpt_path, {"config": cfg.to_dict(), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(),
-                          "proposal": None if proposal is None else proposal.state_dict(),
-                          "state": {**st, "step": next_step}, "rng": rngs[0], "world_size": W,
-                          **({"rng_per_rank": rngs} if W > 1 else {})})
-
-    def fail(step: int, what: str) -> NonFiniteLossError:
-        optimizer.zero_grad(set_to_none=True)
-        where = (f"the last checkpoint {ckpt_path!r} is kept" if ckpt_path and os.path.exists(ckpt_path)
-                 else "no checkpoint was written" + ("" if ckpt_path else " (out_dir=None)"))
-        return NonFiniteLossError(f"f-DPG stopped at step {step}: {what}. No update was applied at this step "
-                                  f"(the policy holds the parameters before step {step}); {where}.")
+        st = files.restore(device)
 
     start = st["step"]
     pbar = tqdm(range(start, cfg.n_steps), initial=start, total=cfg.n_steps, disable=not (cfg.progress and rank0),
@@ -786,128 +476,58 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
             try:
                 scored = _score_target(target, samples, k, device)
             except NonFiniteLossError as e:  # Target.score names the factor
-                raise fail(step, str(e)) from None
+                raise _stop(step, str(e), optimizer, files) from None
             log_q, scored = _gather_scored(samples.log_q, scored)  # (B,) log q(x), no grad; global row order
-            log_P = scored.log_P  # (B,)
             msg = _non_finite_inputs(log_q, scored, cfg, online, W)  # checked before Ẑ is updated
             if msg:
-                raise fail(step, msg)
-            st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, log_P - log_q)
+                raise _stop(step, msg, optimizer, files)
+            st["log_S"], st["count"] = _update_log_S(st["log_S"], st["count"], rows, scored.log_P - log_q)
             log_Z_c = st["log_S"] - torch.log(st["count"])  # (C,) log Ẑ_c (NaN for unseen contexts)
-            log_Z_rows = log_Z_c[rows]  # (B,)
-            valid = torch.isfinite(log_Z_rows)  # (B,) rows whose context has Ẑ_c > 0
-            n_valid, *n_valid_micro = torch.cat([valid.sum().view(1),  # global; then this rank's micro-batches
-                                                 valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)]).tolist()  # 1 sync
+            batch = {"log_q": log_q, "log_P": scored.log_P, "log_Z_rows": log_Z_c[rows]}  # (B,) each
+            batch["valid"] = valid = torch.isfinite(batch["log_Z_rows"])  # (B,) rows whose context has Ẑ_c > 0
+            n_micro = valid[lo:lo + B_loc].view(k, B_loc // k).sum(1)  # (k,) valid rows of this rank's micro-batches
+            batch["n_valid"], *batch["n_valid_micro"] = torch.cat([valid.sum().view(1), n_micro]).tolist()  # 1 sync
             st["samples_seen"] += B
-            if n_valid == 0:  # zero target mass so far: skip, no update
-                st["skipped"] += 1
-                rec.update({"train/skipped_steps": st["skipped"], "train/samples_seen": st["samples_seen"],
-                            "train/skipped": 1})
-                emit(rec)
-                if ckpt_path and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
-                                  or step + 1 == cfg.n_steps):
-                    checkpoint(step + 1)
-                _count_skip(cfg, st, step, B)  # raises after max_consecutive_skips in a row
+            if batch["n_valid"] == 0:  # zero target mass so far: skip, no update (raises after max_consecutive_skips)
+                _skip(cfg, st, step, rec, files)
                 continue
             st["skips_in_a_row"] = 0
 
-            # 4. loss over this rank's micro-batches: Σ_j fdpg_loss(micro_j)·n_j/n (n = global valid rows), summed
-            #    over ranks = the full-batch mean; backward each, then one all-reduce (SUM) of the gradients
+            # 4. loss over this rank's micro-batches, backward each, then one all-reduce (SUM) of the gradients
             b_used = _baseline_value(cfg, st)  # B from previous steps, in units of f′
-            log_pi = torch.zeros(B_loc, dtype=log_q.dtype, device=device)  # (B_loc,) detached log π_θ
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            mb = B_loc // k
-            bad = None  # first failure on this rank
-            for j in range(k):
-                if n_valid_micro[j] == 0:
-                    continue
-                sl = slice(j * mb, (j + 1) * mb)  # local rows
-                sg = slice(lo + j * mb, lo + (j + 1) * mb)  # the same rows in the global batch
-                with prec.autocast():
-                    lp = score(policy, samples.index(sl))  # (mb,) log π_θ, differentiable
-                lP, lZ, lq = log_P[sg], log_Z_rows[sg], log_q[sg]
-                if n_valid_micro[j] < mb:  # drop rows of contexts with Ẑ_c = 0
-                    v = valid[sg]
-                    lp_v, lP, lZ, lq = lp[v], lP[v], lZ[v], lq[v]
-                else:
-                    lp_v = lp
-                fp = -pseudo_reward(lp_v.detach(), lP, lZ, div)  # f′(t) (n_j,)
-                if not torch.isfinite(fp).all():
-                    bad = _bad_reward_message(div, lp_v.detach(), lP)
-                    break
-                loss = fdpg_loss(lp_v, lP, lZ, div, log_q=None if q_is_pi else lq, baseline=b_used)
-                loss = loss * (n_valid_micro[j] / n_valid)  # micro-batch weight n_j / n
-                if not torch.isfinite(loss):
-                    bad = _bad_loss_message(loss, lp_v, lq, online)
-                    break
-                loss.backward()
-                loss_sum += loss.detach()
-                log_pi[sl] = lp.detach()
+            bad, log_pi, loss_sum = _micro_batch_loss(policy, samples, prec, div, batch, k, lo, b_used, q_is_pi, online)
             if dist_.all_reduce_grads(params, bad is not None):  # a failure on any rank stops every rank
                 msgs = dist_.all_gather_objects(bad)
                 r_bad = next(r for r, m in enumerate(msgs) if m)
-                raise fail(step, msgs[r_bad] + (f" (on rank {r_bad} of {W})" if W > 1 else ""))
+                raise _stop(step, msgs[r_bad] + (f" (on rank {r_bad} of {W})" if W > 1 else ""), optimizer, files)
             (log_pi,) = dist_.gather_rows(log_pi)  # (B,) global row order
             loss_sum = dist_.gather_rows(loss_sum.view(1))[0].sum()  # Σ of the ranks' parts (W,)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
             if not torch.isfinite(grad_norm):
-                raise fail(step, f"non-finite gradient norm {grad_norm.item()}")
+                raise _stop(step, f"non-finite gradient norm {grad_norm.item()}", optimizer, files)
 
             # 5. statistics of the valid rows (θ before the update)
-            if n_valid < B:
-                lp_v, lP_v, lZ_v, lq_v = log_pi[valid], log_P[valid], log_Z_rows[valid], log_q[valid]
-                la_v, feats = scored.log_a[valid], {n: f[valid] for n, f in scored.features.items()}
-            else:
-                lp_v, lP_v, lZ_v, lq_v, la_v, feats = log_pi, log_P, log_Z_rows, log_q, scored.log_a, scored.features
-            log_w = None if q_is_pi else lp_v - lq_v  # log π/q (B,)
-            lp_norm = (lP_v.double() - lZ_v).to(lp_v.dtype)  # log p = log P − log Ẑ_c (per row)
-            fp_all = -pseudo_reward(lp_v, lP_v, lZ_v, div)  # (n,) f′
-            fp_mean = _snis_mean(fp_all, log_w)
+            v = _valid_rows(batch, log_pi, scored, div, q_is_pi)
 
             # 6. offline: q ← π_θ when KL̂(p‖π_θ) < KL̂(p‖q) on the same proposal samples
-            replaced = False
-            if not online:
-                kl_p_pi = is_divergence("kl", lp_v, lp_norm, lq_v, 0.0)
-                kl_p_q = is_divergence("kl", lq_v, lp_norm, lq_v, 0.0)
-                if bool(kl_p_pi < kl_p_q):
-                    proposal.load_state_dict(policy.state_dict())  # θ before this update
-                    st["replaced"] += 1
-                    replaced = True
+            replaced, kl_p_q = (False, None) if online else _offline_swap(v, policy, proposal, st)
 
             # 7. Adam step with warm-up, then the baseline update (uses this batch: valid from the next step on)
             lr_used = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            _baseline_update(cfg, st, fp_mean)
+            _baseline_update(cfg, st, v["fp_mean"])
 
             # 8. metrics (one host transfer), history, checkpoint
             if log_now:
-                vals = {"train/loss": loss_sum, "train/baseline": b_used, "train/grad_norm": grad_norm,
-                        "train/pseudo_reward": -fp_mean,
-                        "target/log_Z": log_Z_c[ctx][torch.isfinite(log_Z_c[ctx])].mean(),
-                        "z/ess": ess(lP_v.double() - lq_v.double(), fraction=True),
-                        "div/kl_p_pi": is_divergence("kl", lp_v, lp_norm, lq_v, 0.0),
-                        "div/tv_p_pi": is_divergence("tv", lp_v, lp_norm, lq_v, 0.0),
-                        "div/js_p_pi": is_divergence("js", lp_v, lp_norm, lq_v, 0.0),
-                        "div/kl_pi_a": kl_pi_a(lp_v, la_v, None if q_is_pi else lq_v),
-                        "entropy/seq": sequence_entropy(lp_v) if q_is_pi else _snis_mean(-lp_v, log_w),
-                        "train/ess": _ess_fraction(log_w, device)}
-                vals.update({f"align/{n}": _snis_mean(f, log_w) for n, f in feats.items()})
-                if not online:
-                    vals.update({"proposal/ess": ess(log_w, fraction=True), "proposal/kl_p_q": kl_p_q})
-                floats = torch.stack([v.to(device=device, dtype=torch.float64) for v in vals.values()]).tolist()
-                rec.update(zip(vals.keys(), floats))
-                rec.update({"train/lr": lr_used, "train/samples_seen": st["samples_seen"],
-                            "train/skipped_steps": st["skipped"], "time/step_s": time.perf_counter() - t0})
-                if not online:
-                    rec.update({"proposal/replaced": st["replaced"], "proposal/replaced_now": int(replaced)})
+                s = dict(loss=loss_sum, baseline=b_used, grad_norm=grad_norm, log_Z_ctx=log_Z_c[ctx], lr=lr_used,
+                         kl_p_q=kl_p_q, replaced=replaced, t0=t0)  # this step's scalars
+                rec.update(_metrics(v, s, st, q_is_pi, online, device))
                 pbar.set_postfix(loss=f"{rec['train/loss']:.3g}", kl_p_pi=f"{rec['div/kl_p_pi']:.3g}", refresh=False)
             if log_now or len(rec) > 1:
-                emit(rec)
-            if ckpt_path and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
-                              or step + 1 == cfg.n_steps):
-                checkpoint(step + 1)
+                files.emit(rec)
+            files.after_step(step, st)  # the checkpoint, when due
     if metrics_fn is not None and start < cfg.n_steps:
-        emit({"step": cfg.n_steps, **dist_.broadcast_object(metrics_fn(policy, cfg.n_steps))})
-    return history
+        files.emit({"step": cfg.n_steps, **dist_.broadcast_object(metrics_fn(policy, cfg.n_steps))})
+    return files.result(st, max(start, cfg.n_steps))

@@ -194,6 +194,24 @@ def test_config_rejects_unknown_keys_and_bad_values():
     assert cfg.divergence == "tv" and cfg.adam_betas == (0.9, 0.999)
 
 
+def test_history_carries_the_running_log_Z_of_the_checkpoint(tmp_path):
+    """train() returns a History (a list of the records) whose log_Z is the checkpoint's log Ẑ_c = log S_c − log n_c:
+    finite for a context with mass, −inf for a sampled context whose samples all have P = 0, NaN for a context never
+    sampled; count is n_c."""
+    pb = make_toy_problem("conditional", beta=0.5, n_contexts=3)
+    target = pb.target * BinaryFactor("not_c1", lambda s: s.context_ids != 1)  # context 1 has no mass
+    out = tmp_path / "run"
+    hist = train(pb.policy, target, pb.prompts, _cfg(n_steps=1, batch_size=2, samples_per_context=1,
+                                                     out_dir=str(out)))  # one batch: contexts 0 and 1
+    assert isinstance(hist, list) and [r["step"] for r in hist] == [0] and hist.step == 1
+    st = torch.load(out / "checkpoint.pt", weights_only=False)["state"]
+    assert hist.log_Z.dtype == torch.float64 and hist.log_Z.device.type == "cpu" and hist.log_Z.shape == (3,)
+    assert torch.equal(hist.count, st["count"]) and hist.count.tolist() == [1.0, 1.0, 0.0]
+    expected = st["log_S"] - torch.log(st["count"])
+    assert torch.equal(hist.log_Z[:2], expected[:2]) and math.isfinite(hist.log_Z[0])
+    assert hist.log_Z[1] == -math.inf and math.isnan(hist.log_Z[2])
+
+
 def test_zero_target_mass_batches_are_skipped():
     pb = make_toy_problem("scalar", beta=0.5)
     p0 = _params(pb.policy)

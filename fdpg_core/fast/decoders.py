@@ -31,7 +31,7 @@ one from Python. This module removes both costs without changing the maths.
                  the graph, while `model.to(...)`, which makes new tensors, makes a new graph).
 
 Supported models: GPT2LMHeadModel and LlamaForCausalLM (RoPE types whose tables do not depend on the sequence
-length). Anything else takes the Hugging Face path in sampling.py (`unsupported_reason(model)` says why).
+length). Anything else takes the Hugging Face path in fast/steppers.py (`unsupported_reason(model)` says why).
 Exactness: the same per-token maths as the HF forward (same modules, same RoPE tables and scalings); the tests check
 log_q against teacher-forced `sampling.score` (fp32: 1e-5 on CPU, 1e-4 on CUDA).
 """
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from fdpg_core.fast.draw import draw, truncate_logits
+from fdpg_core.samples import _position_ids
 
 __all__ = ["unsupported_reason", "LeanDecoder", "LeanStepper", "StaticSampler", "sample_static"]
 
@@ -307,11 +308,6 @@ def lean_hidden(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
     B, L = input_ids.shape
     dec = LeanDecoder(model, B, L, cache=False)
     return dec.forward(input_ids, position_ids, 0, attention_mask.bool())
-
-
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) 0/1 mask -> positions = number of real tokens before each one (0 on left padding)."""
-    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

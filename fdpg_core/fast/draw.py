@@ -2,6 +2,10 @@
 
     draw(logits, u)                              exact categorical draw by inverse CDF -> (idx (B,), log-prob (B,))
     truncate_logits(logits, temperature, top_k, top_p)   evaluation-only truncation used by sample()
+
+The draw: w = exp(l − max l), cdf = cumsum(w), u = (1 − U)·cdf[-1] with U ~ U[0, 1) so u ∈ (0, total],
+idx = searchsorted(cdf, u). This is exact (a token with w = 0 is never drawn) and several times faster than
+torch.multinomial on CPU for V ≥ 5k (one U per row instead of RNG over B×V).
 """
 from __future__ import annotations
 

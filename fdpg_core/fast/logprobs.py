@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from fdpg_core.fast.decoders import lean_hidden, unsupported_reason
+from fdpg_core.fast.steppers import _decoder_start_id, _is_encoder_decoder
+from fdpg_core.samples import _position_ids
 
-__all__ = ["token_logprobs", "fused_head", "fused_head_logprobs", "lean_ok"]
+__all__ = ["token_logprobs", "fused_head", "fused_head_logprobs", "lean_ok", "teacher_forced_logprobs"]
 
 # Max number of fp32 logits score() processes at once for its logsumexp and gradient (512k floats = 2 MiB: the
 # chunk stays in cache, and the (N, V) tensors are read / written once per pass).
@@ -167,4 +169,28 @@ def fused_head_logprobs(model, inputs: dict, tokens: torch.Tensor, mask: torch.T
     else:
         lp = _HeadLogProb.apply(h, W, b, y, _HEAD_CHUNK_ROWS)  # (N,); no (N, V) tensor at all
     tok_logp = torch.zeros(B * T, dtype=lp.dtype, device=device).scatter(0, rows, lp).view(B, T)
+    return tok_logp
+
+
+def teacher_forced_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+    """The (B, T) log π(x_t | x_<t, prompt) of sampling.score (the caller zeroes the positions after EOS): an
+    encoder-decoder's decoder from its start token; a causal LM on prompt ++ x_<T, with the fused LM head when
+    `fused_head(model)`. Inputs on the model's device, padded slots holding a valid id."""
+    T = tokens.shape[1]
+    if _is_encoder_decoder(model):
+        start = torch.full_like(tokens[:, :1], _decoder_start_id(model))
+        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=False,
+                       decoder_input_ids=torch.cat([start, tokens[:, :-1]], dim=1)).logits  # (B, T, V); shifted right
+        tok_logp = token_logprobs(logits, tokens)  # (B, T)
+    else:
+        # input = prompt ++ x_<T (B, Tp + T − 1); the last T positions predict x_0 … x_{T−1}
+        attn = torch.cat([prompt_mask, mask[:, :-1].long()], dim=1)
+        inputs = dict(input_ids=torch.cat([prompt_ids, tokens[:, :-1]], dim=1), attention_mask=attn,
+                      position_ids=_position_ids(attn), use_cache=False)
+        if fused_head(model):
+            tok_logp = fused_head_logprobs(model, inputs, tokens, mask)  # (B, T)
+        else:
+            logits = model(**inputs, logits_to_keep=T).logits  # (B, T, V)
+            tok_logp = token_logprobs(logits, tokens)  # (B, T)
     return tok_logp

@@ -29,7 +29,7 @@ import platform
 import torch
 
 __all__ = ["PRECISIONS", "cpu_model", "cpu_bf16_flags", "has_bf16_units", "resolve_precision", "MixedPrecision",
-           "bf16_copy"]
+           "bf16_copy", "check_policy_dtype"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 # CPU flags (Linux /proc/cpuinfo names) of bf16 matrix units: AMX tiles, or AVX512 bf16 dot products
@@ -132,3 +132,16 @@ class MixedPrecision:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def check_policy_dtype(policy: torch.nn.Module) -> None:
+    """Refuse trainable parameters in bfloat16 / float16. An Adam step changes a weight by about lr, far below the
+    spacing of those formats (bfloat16 keeps 8 significant bits: a weight of 0.05 moves in steps of 2.4e-4), so
+    most updates would be rounded away and the policy would silently barely train."""
+    low = [(n, p.dtype) for n, p in policy.named_parameters()
+           if p.requires_grad and p.dtype not in (torch.float32, torch.float64)]
+    if low:
+        raise ValueError(f"train: {len(low)} trainable parameter tensor(s) of the policy are {low[0][1]} (e.g. "
+                         f"{low[0][0]!r}); Adam updates of size lr are mostly rounded away in that format. Call "
+                         "policy.float() before train() (allowed: float32 or float64 parameters; the target's base "
+                         "model may stay in low precision)")

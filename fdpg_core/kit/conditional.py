@@ -1,6 +1,6 @@
 """Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): context sets, batched evaluation over many
-contexts × several samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
-summarisation and code notebooks (07, 08).
+contexts × several samples each, statistics of the per-context Ẑ_c that `train` keeps (its History's log_Z), and
+the task metrics of the summarisation and code notebooks (07, 08).
 
     ContextSet                 prompts (C, Tp) left padded + the context texts a scorer compares with (+ references)
     summary_contexts(...)      "{article}\\nTL;DR:" prompts of the zoo's news-summary model (Lee articles, SmolLM2
@@ -11,7 +11,6 @@ summarisation and code notebooks (07, 08).
     evaluate(...)              E_c E_π[b] for every scorer, per-context rates, KL(π‖a), entropy, per-context
                                Distinct-n / Self-BLEU, ROUGE (with references), entity statistics
     PeriodicEval               metrics_fn for `train`: evaluate(...) every eval_every steps (not at 0 / the end)
-    context_log_Z(out_dir)     the running log Ẑ_c (C,) and sample counts from train()'s checkpoint
     z_stats(log_Z)             mean / median / min / max of Ẑ_c over contexts, share with Ẑ_c ≈ 0
     reference_under_p(ev, b)   what the target p itself would score, from samples of a: KL(p‖a) = E_c[−log Z_c],
                                E_p[length], the share of contexts with no sample meeting b
@@ -29,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -40,7 +38,7 @@ from fdpg_core.kit.diversity import distinct_n, self_bleu
 from fdpg_core.kit.scorers import _normalise_entity, _pick
 
 __all__ = ["ContextSet", "summary_contexts", "code_contexts", "trim_left", "sample_trimmed", "draw", "Evaluation",
-           "evaluate", "PeriodicEval", "context_log_Z", "rouge", "entity_stats", "z_stats", "reference_under_p",
+           "evaluate", "PeriodicEval", "rouge", "entity_stats", "z_stats", "reference_under_p",
            "with_evaluations", "final_by_set"]
 
 
@@ -325,19 +323,6 @@ class PeriodicEval:
 
 
 # --------------------------------------------------------------------------------------------- Ẑ_c
-def context_log_Z(out_dir) -> tuple[list[float], list[float]]:
-    """(log Ẑ_c (C,), n_c (C,)) at the end of a train() run with config.out_dir = out_dir: log Ẑ_c = log S_c −
-    log n_c, S_c the cumulative Σ P/q over every sample of context c (−inf: no sample of c had P > 0 yet;
-    NaN: c never sampled)."""
-    path = Path(out_dir) / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"context_log_Z: no {path} (train with config.out_dir set)")
-    st = torch.load(path, map_location="cpu", weights_only=False)["state"]  # train()'s own file
-    log_S, n = st["log_S"].double(), st["count"].double()
-    log_Z = torch.where(n > 0, log_S - n.log(), torch.full_like(log_S, math.nan))
-    return log_Z.tolist(), n.tolist()
-
-
 def z_stats(log_Z: Sequence[float], z_eps: float = 1e-3) -> dict[str, float]:
     """Summary of per-context Ẑ_c over the sampled contexts: mean, median, min, max, and `z_zero`, the share of
     contexts with Ẑ_c < z_eps (no sample of the context has met the constraint yet; with a log_b floor f, such a

@@ -65,9 +65,9 @@ def test_evaluate_per_context_rates_and_kl(tiny_gpt2):
     assert ref["z_zero"] == 0.5 and ref["kl_p_a"] == pytest.approx(0.0)  # Z_1 = 1 → −log Z = 0
 
 
-def test_context_log_Z_reads_train_running_mean(tmp_path, tiny_gpt2):
-    """Ẑ_c read back from the checkpoint equals the mean of P/q over every sample of the context: with b ≡ 1 and
-    π = a frozen (lr tiny, one step), P/q = a/π = 1, so Ẑ_c = 1 for every sampled context."""
+def test_history_log_Z_is_train_running_mean(tiny_gpt2):
+    """The Ẑ_c that train() returns (History.log_Z) equals the mean of P/q over every sample of the context: with
+    b ≡ 1 and π = a frozen (lr tiny, one step), P/q = a/π = 1, so Ẑ_c = 1 for every sampled context."""
     from fdpg_core.targets import BinaryFactor, Target
     from fdpg_core.train import FDPGConfig, train
 
@@ -75,9 +75,9 @@ def test_context_log_Z_reads_train_running_mean(tmp_path, tiny_gpt2):
     target = Target(tiny_gpt2) * BinaryFactor("one", lambda s: torch.ones(len(s)))
     policy = __import__("copy").deepcopy(tiny_gpt2)
     cfg = FDPGConfig(divergence="js", n_steps=1, batch_size=4, samples_per_context=2, max_new_tokens=3, lr=1e-12,
-                     warmup_steps=0, progress=False, out_dir=str(tmp_path), eos_token_id=1, pad_token_id=2)
-    train(policy, target, (ids, mask), cfg, sampler=cd.sample_trimmed)
-    log_Z, n = cd.context_log_Z(tmp_path)
+                     warmup_steps=0, progress=False, eos_token_id=1, pad_token_id=2)
+    history = train(policy, target, (ids, mask), cfg, sampler=cd.sample_trimmed)
+    log_Z, n = history.log_Z.tolist(), history.count.tolist()
     assert n == [2.0, 2.0, 0.0]  # two contexts in the one batch, two samples each
     assert log_Z[0] == pytest.approx(0.0, abs=1e-5) and log_Z[1] == pytest.approx(0.0, abs=1e-5)
     assert math.isnan(log_Z[2])
