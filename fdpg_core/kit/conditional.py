@@ -1,11 +1,8 @@
-"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): context sets, batched evaluation over many
-contexts × several samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
-summarisation and code notebooks (07, 08).
+"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): batched evaluation over many contexts × several
+samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
+summarisation and code notebooks (07, 08). The context sets themselves (ContextSet, summary_contexts,
+code_contexts) are built by fdpg_core.kit.contexts.
 
-    ContextSet                 prompts (C, Tp) left padded + the context texts a scorer compares with (+ references)
-    summary_contexts(...)      "{article}\\nTL;DR:" prompts of the zoo's news-summary model (Lee articles, SmolLM2
-                               references) or "summarize: {article}" prompts of T5 (CNN/DailyMail, paper preset)
-    code_contexts(...)         signature (+ docstring) prompts: stdlib held-out functions, HumanEval
     sample_trimmed             sampling.sample on prompts whose all-pad leading columns are dropped first
     draw(...)                  n samples per context, in chunks of whole contexts, decoded
     evaluate(...)              E_c E_π[b] for every scorer, per-context rates, KL(π‖a), entropy, per-context
@@ -35,121 +32,12 @@ import torch
 from torch import Tensor
 
 from fdpg_core import sampling
-from fdpg_core.kit import zoo
+from fdpg_core.kit.contexts import ContextSet, trim_left
 from fdpg_core.kit.diversity import distinct_n, self_bleu
-from fdpg_core.kit.scorers import _normalise_entity, _pick
+from fdpg_core.kit.scorers import _normalise_entity
 
-__all__ = ["ContextSet", "summary_contexts", "code_contexts", "trim_left", "sample_trimmed", "draw", "Evaluation",
-           "evaluate", "PeriodicEval", "context_log_Z", "rouge", "entity_stats", "z_stats", "reference_under_p",
-           "with_evaluations", "final_by_set"]
-
-
-# --------------------------------------------------------------------------------------------- contexts
-def trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Drop the leading columns that are padding in every row (left-padded prompts of a sub-batch)."""
-    real = mask.bool().any(0)  # (Tp,)
-    first = int(real.nonzero()[0]) if real.any() else 0
-    return ids[:, first:], mask[:, first:]
-
-
-@dataclass(frozen=True, eq=False)
-class ContextSet:
-    """C contexts: prompts ids/mask (C, Tp) left padded; `contexts[c]` is what a conditional scorer compares
-    row c with (the article; the prompt text the body is appended to); `references[c]` the reference texts
-    (summaries) or None."""
-
-    name: str
-    ids: Tensor
-    mask: Tensor
-    contexts: list[str]
-    references: list[list[str]] | None = None
-
-    def __post_init__(self):
-        C = len(self.contexts)
-        if self.ids.shape[0] != C or self.ids.shape != self.mask.shape:
-            raise ValueError(f"ContextSet {self.name!r}: ids {tuple(self.ids.shape)}, mask {tuple(self.mask.shape)} "
-                             f"and {C} contexts must agree (C, Tp)")
-        if self.references is not None and len(self.references) != C:
-            raise ValueError(f"ContextSet {self.name!r}: {len(self.references)} reference lists for {C} contexts")
-
-    @property
-    def pair(self) -> tuple[Tensor, Tensor]:
-        """(ids, mask): the `prompts` argument of train()."""
-        return self.ids, self.mask
-
-    def __len__(self) -> int:
-        return len(self.contexts)
-
-    def prompt_lengths(self) -> Tensor:
-        return self.mask.sum(1)  # (C,)
-
-    def subset(self, idx: Sequence[int]) -> "ContextSet":
-        """Contexts idx (in that order), left padding trimmed."""
-        idx = torch.as_tensor(list(idx), dtype=torch.long)
-        ids, mask = trim_left(self.ids[idx], self.mask[idx])
-        refs = None if self.references is None else [self.references[i] for i in idx.tolist()]
-        return ContextSet(self.name, ids, mask, [self.contexts[i] for i in idx.tolist()], refs)
-
-    def sorted_by_length(self) -> "ContextSet":
-        """Contexts ordered by prompt length: `train` takes contexts round-robin, so neighbours share a batch and
-        little padding (sample_trimmed drops the rest)."""
-        return self.subset(torch.argsort(self.prompt_lengths(), stable=True).tolist())
-
-
-def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "lee",
-                     max_article_chars: int = 900, prompt_format: str = "tldr", max_prompt_tokens: int = 512,
-                     skip: int = 0) -> ContextSet:
-    """Summarisation contexts: articles of `split` (records skip .. skip + n), each truncated at a sentence end to
-    max_article_chars (zoo.truncate_article); the scorer's context is exactly that truncated article.
-
-    source "lee": real ABC articles (news_lee; test = the 49 lee.cor articles, never trained on); references =
-    the SmolLM2 summaries of the same article (summaries_smollm, up to 4). "cnn_dailymail" (paper preset):
-    articles and highlights through fdpg_core.kit.paper.load_paper_dataset (needs the hub or its cache).
-    prompt_format "tldr": [bos] article "\\nTL;DR:" (the zoo news-summary model, scripts/pretrain_zoo.py);
-    "t5": "summarize: " + article, T5's tokenizer (with its </s>), cut to max_prompt_tokens.
-    """
-    _pick("summary source", source, {"lee", "cnn_dailymail"})
-    _pick("prompt_format", prompt_format, {"tldr", "t5"})
-
-    if source == "lee":
-        recs = zoo.load_corpus("news_lee", split)
-        recs = recs[skip:] if n is None else recs[skip:skip + n]
-        refs_by_id: dict[str, list[str]] = {}
-        for r in zoo.load_corpus("summaries_smollm"):
-            refs_by_id.setdefault(r["article_id"], []).append(r["summary"])
-        arts = [zoo.truncate_article(r["text"], max_article_chars) for r in recs]
-        refs = [refs_by_id.get(r["id"], []) for r in recs]
-    else:
-        from fdpg_core.kit.paper import load_paper_dataset
-
-        ds = load_paper_dataset("cnn_dailymail", split=split)
-        rows = ds.select(range(skip, min(len(ds), skip + (n or len(ds)))))
-        arts = [zoo.truncate_article(a, max_article_chars) for a in rows["article"]]
-        refs = [[h] for h in rows["highlights"]]
-    if not arts:
-        raise ValueError(f"summary_contexts: no article in split {split!r} of {source!r} (skip={skip}, n={n})")
-    if prompt_format == "tldr":
-        tl = tokenizer(zoo.TLDR, add_special_tokens=False)["input_ids"]
-        body = tokenizer(arts, add_special_tokens=False)["input_ids"]
-        keep = max_prompt_tokens - 1 - len(tl)
-        rows = [[zoo.BOS_ID] + b[:keep] + tl for b in body]  # a too long article is cut at its end
-        pad = zoo.PAD_ID
-    else:
-        rows = tokenizer(["summarize: " + a for a in arts], truncation=True, max_length=max_prompt_tokens)["input_ids"]
-        pad = tokenizer.pad_token_id
-    ids, mask = sampling.left_pad(rows, pad)
-    return ContextSet(name, ids, mask, arts, refs if any(refs) else None)
-
-
-def code_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "stdlib",
-                  docstring: bool = True, max_prompt_tokens: int = 256, bos_token_id: int | None = 0) -> ContextSet:
-    """Code contexts: function prompts (signature + docstring, or the signature only) whose generated body is
-    appended to the context text by the Compiles / PEP8 scorers. source "stdlib" (code_stdlib splits train / val
-    / test) or "humaneval" (split "heldout"). Prompts longer than max_prompt_tokens are skipped, never cut.
-    bos_token_id: first token of every prompt (the zoo's <|bos|> = 0; GPT-Neo: its <|endoftext|>; None: none)."""
-    ids, mask, texts = zoo.code_prompt_rows(split, n, tokenizer=tokenizer, source=source, docstring=docstring,
-                                            max_prompt_tokens=max_prompt_tokens, bos_token_id=bos_token_id)
-    return ContextSet(name, ids, mask, texts)
+__all__ = ["sample_trimmed", "draw", "Evaluation", "evaluate", "PeriodicEval", "context_log_Z", "rouge", "entity_stats",
+           "z_stats", "reference_under_p", "with_evaluations", "final_by_set"]
 
 
 # --------------------------------------------------------------------------------------------- sampling

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fdpg_core.kit import conditional as cd
+from fdpg_core.kit.contexts import ContextSet
 
 
 # ------------------------------------------------------------------------------------------------ unit tests
@@ -25,24 +26,12 @@ def test_entity_b_from_evaluate_equals_the_scorer():
     assert st["n_entities"][2] == 0 and st["n_in_source"][1] < st["n_entities"][1]
 
 
-def test_trim_left_and_subset_keep_prompts():
-    ids = torch.tensor([[2, 2, 2, 5, 6], [2, 2, 7, 8, 9], [2, 2, 2, 2, 4]])
-    mask = (ids != 2).long()
-    cs = cd.ContextSet("x", ids, mask, ["a", "b", "c"], [["ra"], ["rb"], ["rc"]])
-    s = cs.sorted_by_length()
-    assert s.contexts == ["c", "a", "b"] and s.references == [["rc"], ["ra"], ["rb"]]
-    sub = cs.subset([2, 0])
-    assert sub.ids.tolist() == [[2, 4], [5, 6]] and sub.mask.tolist() == [[0, 1], [1, 1]]
-    with pytest.raises(ValueError, match="must agree"):
-        cd.ContextSet("bad", ids, mask, ["a"])
-
-
 def test_evaluate_per_context_rates_and_kl(tiny_gpt2):
     """A scorer that is 1 exactly on context 1: per-context rates 0 and 1; KL(π‖a) = 0 for π = a, > 0 otherwise."""
     import copy
 
     ids, mask = torch.tensor([[0, 3, 4], [2, 0, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
-    cs = cd.ContextSet("t", ids, mask, ["c0", "c1"])
+    cs = ContextSet("t", ids, mask, ["c0", "c1"])
 
     class Tok:  # decode only needs eos_token_id and batch_decode
         eos_token_id = 1
