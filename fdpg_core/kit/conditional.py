@@ -14,6 +14,7 @@ code_contexts) are built by fdpg_core.kit.contexts.
                                E_p[length], the share of contexts with no sample meeting b
     with_evaluations(...)      a train() history with the evaluations of a (step 0) and of the final π (step n)
     final_by_set(runs, ...)    one row per (context set, divergence, seed) of the result files, a's rows first
+    train_and_evaluate(...)    the notebooks' loop: per divergence and seed, train π from a, evaluate, save the run
     rouge(...)                 ROUGE-1/2/L F1 (Google's `rouge-score` package), max over each context's references
     entity_stats(...)          entities per summary and the share of them found in the source
 
@@ -23,7 +24,10 @@ Every evaluation samples purely (temperature 1, no truncation): the metrics are 
 """
 from __future__ import annotations
 
+import copy
 import math
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +35,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fdpg_core import sampling
+from fdpg_core import get_divergence, sampling
+from fdpg_core.kit import results
 from fdpg_core.kit.contexts import ContextSet, trim_left
 from fdpg_core.kit.diversity import distinct_n, self_bleu
 from fdpg_core.kit.scorers import _normalise_entity
+from fdpg_core.train import FDPGConfig, train
 
 __all__ = ["sample_trimmed", "draw", "Evaluation", "evaluate", "PeriodicEval", "context_log_Z", "rouge", "entity_stats",
-           "z_stats", "reference_under_p", "with_evaluations", "final_by_set"]
+           "z_stats", "reference_under_p", "with_evaluations", "final_by_set", "train_and_evaluate"]
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -290,3 +296,72 @@ def final_by_set(runs: list[dict], sets: Sequence[str], metrics: Sequence[str]):
             rows.append({"set": k, "divergence": r["divergence"], "seed": r["seed"],
                          **{m: r["final"].get(f"{k}/{m}", math.nan) for m in metrics}})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------- one notebook run
+def train_and_evaluate(base, target, sets: Mapping[str, ContextSet], *, tokenizer, divergences: Sequence[str],
+                       seeds: Sequence[int], train_kw: Mapping, eval_kw: Mapping, constraint: str,
+                       base_eval: Mapping[str, Evaluation], ref: Mapping[str, dict], eval_samples: int,
+                       eval_curve_samples: int, curve_metrics: Sequence[str], heldout: Sequence[str],
+                       scorers: Mapping[str, Mapping[str, Callable]] | None = None,
+                       entity_scorers: Mapping[str, Callable] | None = None, n_examples: int = 3,
+                       with_references: bool = False, report: Sequence[str] = (), out_path, experiment: str,
+                       fingerprint: str, params: dict, preset: str, setting: str, config: Mapping,
+                       rerun: bool = False) -> list[dict]:
+    """The train → evaluate → save loop of the conditional notebooks (07, 08); returns the result files' runs.
+
+    For every divergence and seed (unless a run with the same fingerprint is saved in out_path and not `rerun`):
+    π ← copy of `base`; train(π, target, sets["train"], FDPGConfig(divergence, seed, **train_kw)) with
+    sample_trimmed and, when train_kw's eval_every is set, a held-out curve (PeriodicEval on the `heldout` sets,
+    eval_curve_samples per context, `curve_metrics`); the final π evaluated on every set like a was (`base_eval`,
+    eval_samples per context, scorers[set] and entity_scorers[set], evaluate(**eval_kw)); saved with
+    results.save_run: final = π's metrics "<set>/<m>", a's "base/<set>/<m>", the target's `ref` "ref/<set>/<m>",
+    z_stats of the final Ẑ_c "z/<m>", seconds; arrays = log Ẑ_c, sample counts, a's and π's per-context rates of
+    `constraint`, and n_examples held-out examples (contexts, with their first reference when with_references);
+    config = the run's FDPGConfig (out_dir None) followed by `config`. Prints one line per run: the constraint's
+    rate a → π on every set, the held-out metrics in `report` a → π, and KL(π‖a) held-out.
+    """
+    scorers, entity_scorers = scorers or {}, entity_scorers or {}
+    planned = []  # (setting, divergence, seed) of every run shown
+    for name in divergences:
+        for s in seeds:
+            planned.append((setting, name, s))
+            if not rerun and results.find_run(out_path, experiment=experiment, fingerprint=fingerprint,
+                                              setting=setting, divergence=name, seed=s):
+                continue  # saved before with the same parameters: reused, not retrained
+            policy = copy.deepcopy(base)
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = FDPGConfig(divergence=get_divergence(name), seed=s, progress=False, out_dir=tmp, **train_kw)
+                curve = PeriodicEval([sets[k] for k in heldout], scorers, entity_scorers=entity_scorers,
+                                     skip=(0, cfg.n_steps), metrics=curve_metrics,
+                                     n_per_context=eval_curve_samples, **eval_kw)
+                t0 = time.perf_counter()
+                history = train(policy, target, sets["train"].pair, cfg, tokenizer=tokenizer, sampler=sample_trimmed,
+                                metrics_fn=curve if cfg.eval_every else None)
+                seconds = time.perf_counter() - t0
+                log_Z_c, n_c = context_log_Z(tmp)
+            after = {k: evaluate(policy, cs, scorers.get(k, {}), n_per_context=eval_samples,
+                                 entity_scorer=entity_scorers.get(k), **eval_kw) for k, cs in sets.items()}
+            final = {f"{k}/{m}": v for k, ev in after.items() for m, v in ev.metrics.items()}
+            final.update({f"base/{k}/{m}": v for k, ev in base_eval.items() for m, v in ev.metrics.items()})
+            final.update({f"ref/{k}/{m}": v for k, r in ref.items() for m, v in r.items()})
+            final.update({f"z/{m}": v for m, v in z_stats(log_Z_c).items()})
+            final["seconds"] = seconds
+            arrays = {"log_Z_c": log_Z_c, "n_c": n_c, "base_rate_c": base_eval["train"].per_context[constraint]}
+            arrays.update({f"{k}/rate_c": ev.per_context[constraint] for k, ev in after.items()})
+            h, ex = heldout[0], sets[heldout[0]]
+            arrays["examples"] = [
+                {"context": ex.contexts[c],
+                 **({"reference": (ex.references or [[""]])[c][:1]} if with_references else {}),
+                 "before": base_eval[h].examples(c, 2), "after": after[h].examples(c, 2)}
+                for c in range(min(n_examples, len(ex)))]
+            results.save_run(out_path, experiment=experiment, preset=preset, fingerprint=fingerprint, params=params,
+                             setting=setting, divergence=name, seed=s,
+                             config={**cfg.to_dict(), "out_dir": None, **config},
+                             history=with_evaluations(history, cfg.n_steps, base_eval, after, curve_metrics),
+                             final=final, arrays=arrays)
+            print(f"{name:>4} seed {s}: {constraint} rate " + ", ".join(
+                f"{k} {base_eval[k].metrics[constraint]:.2f} → {after[k].metrics[constraint]:.2f}" for k in sets)
+                + "".join(f"; {m} {h} {base_eval[h].metrics[m]:.2f} → {after[h].metrics[m]:.2f}" for m in report)
+                + f"; KL(π‖a) {h} {after[h].metrics['kl_pi_a']:.2f}  ({seconds:.0f} s)")
+    return results.load_runs(out_path, experiment=experiment, fingerprint=fingerprint, keys=planned)
