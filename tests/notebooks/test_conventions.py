@@ -7,7 +7,10 @@ Static checks, for every notebooks/NN_*.ipynb (fast):
       comment silently hides the parameter from papermill), the required parameters, smoke defaults;
   (c) committed with outputs cleared (except 00's exact `# NBVAL_CHECK_OUTPUT` cell, nbval's reference), kernelspec
       python3, imports only from fdpg_core / the standard library / torch, numpy, pandas, matplotlib, no `def` or
-      `class`, no `!pip`/`%pip`, no sys.path.
+      `class`, no `!pip`/`%pip`, no sys.path;
+  (d) the teaching notebooks (every other notebooks/*.ipynb: lesson_fdpg_step, align_your_own_model) may define
+      short functions inline, where writing the code out teaches better than an import: at most
+      TEACHING_DEF_LINES lines each, and no `class`.
 """
 import ast
 import sys
@@ -22,6 +25,8 @@ from nbsmoke import DEFAULT_DIVERGENCES, _read, _src, check_summary, summary_tab
 
 
 NOTEBOOKS = list_notebooks()
+TEACHING = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if p not in NOTEBOOKS)
+TEACHING_DEF_LINES = 40  # longest function a teaching notebook may define inline
 PARAM_FILES = sorted((NOTEBOOK_DIR / "params").glob("*.yaml"))
 REQUIRED = {"seed", "divergences", "out_dir", "fig_dir", "preset"}  # plus one of seeds / n_seeds
 EXACT_CHECKED = {"00_toy_exact"}  # notebooks with an exact cell marked NBVAL_CHECK_OUTPUT (compared by nbval)
@@ -74,7 +79,24 @@ def test_parameters_cell_conventions(path):
         assert seen[name]["help"] == comment and len(comment) > 10, (name, comment)
 
 
-# ------------------------------------------------------------------------------------------------- (c)
+# ------------------------------------------------------------------------------------------------- (c), (d)
+def library_code(src: str, *, teaching: bool) -> list[str]:
+    """What a code cell defines that belongs in fdpg_core: every `def` and `class` of an experiment notebook; in a
+    teaching notebook, every `class` and every `def` longer than TEACHING_DEF_LINES lines."""
+    bad = []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ClassDef):
+            bad.append(f"class {node.name}: move it to fdpg_core")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if not teaching:
+                bad.append(f"library code in an experiment notebook (def {node.name}): move it to fdpg_core")
+            elif n > TEACHING_DEF_LINES:
+                bad.append(f"def {node.name} has {n} lines, over the {TEACHING_DEF_LINES} a teaching notebook may "
+                           "define inline: move it to fdpg_core")
+    return bad
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_committed_clean_and_only_imports(path):
     nb = _read(path)
@@ -95,14 +117,33 @@ def test_committed_clean_and_only_imports(path):
         assert "sys.path" not in src
         for line in src.splitlines():
             assert not line.lstrip().startswith(("!", "%pip", "%conda", "%run")), line
+        assert not library_code(src, teaching=False), library_code(src, teaching=False)
         for node in ast.walk(ast.parse(src)):
-            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)), \
-                f"library code in the notebook ({node.name}): move it to fdpg_core"
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad = [m for m in mods if m.split(".")[0] not in ALLOWED_IMPORTS]
             extra = sorted(ALLOWED_IMPORTS - set(sys.stdlib_module_names))
             assert not bad, f"import of {bad}; allowed: fdpg_core, the standard library, {extra}"
+
+
+@pytest.mark.parametrize("path", TEACHING, ids=[p.stem for p in TEACHING])
+def test_teaching_notebooks_define_only_short_functions(path):
+    for c in _read(path).cells:
+        if c.cell_type == "code":
+            assert not library_code(_src(c), teaching=True), (path.name, library_code(_src(c), teaching=True))
+
+
+def test_library_code_rule_tells_teaching_from_experiment_notebooks():
+    short = "def f(x):\n" + "    x = x + 1\n" * (TEACHING_DEF_LINES - 2) + "    return x\n"  # TEACHING_DEF_LINES
+    long = short.replace("    return x", "    x = x + 1\n    return x")  # one line more
+    assert library_code(short, teaching=True) == [] and library_code("y = [i for i in range(3)]", teaching=False) == []
+    assert library_code(short, teaching=False) == [
+        "library code in an experiment notebook (def f): move it to fdpg_core"]
+    assert library_code(long, teaching=True) == [
+        f"def f has {TEACHING_DEF_LINES + 1} lines, over the {TEACHING_DEF_LINES} a teaching notebook may define "
+        "inline: move it to fdpg_core"]
+    assert library_code("class A:\n    pass\n", teaching=True) == ["class A: move it to fdpg_core"]
+    assert {p.stem for p in TEACHING} >= {"lesson_fdpg_step", "align_your_own_model"}
 
 
 def test_parameters_cell_rejects_bad_lines_and_clear_outputs_keeps_the_check():
