@@ -48,11 +48,16 @@ def run_smoke(name, tmp_path, **parameters):
 
 
 def summary_tables(nb) -> list[list[list[str]]]:
-    """The Markdown tables that the last code cell of an executed notebook (its summary, house style) printed to
-    stdout: a list of tables, each a list of rows (the header first, the |---| line dropped), each a list of cells."""
+    """The Markdown tables that the last code cell of an executed notebook (its summary, house style) showed: the
+    text/plain of each table displayed with results.show_table (its HTML's Markdown twin) and any printed to stdout,
+    in output order: a list of tables, each a list of rows (the header first, the |---| line dropped), each a list
+    of cells."""
     cell = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert not [o for o in cell.outputs if o.output_type == "error"], "the summary cell raised"
-    lines = "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout").splitlines()
+    texts = [o.get("text", "") if o.output_type == "stream" and o.get("name") == "stdout" else
+             o.get("data", {}).get("text/plain", "") + "\n" if o.output_type in ("display_data", "execute_result")
+             else "" for o in cell.outputs]
+    lines = "".join(texts).splitlines()
     tables, cur = [], None
     for line in lines + [""]:
         if line.startswith("|") and line.endswith("|"):
