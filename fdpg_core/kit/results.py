@@ -317,14 +317,14 @@ def panel_grid(n: int, *, ncols: int = MAX_COLS, height: float = 3.2, width: flo
 
 def seeds_phrase(df: pd.DataFrame, *, by=("setting", "divergence")) -> str:
     """What a band or error bar shows: 'mean ± 1 std over N seeds', N = the seeds per group (the `by` columns
-    present in df) counted in df ('2–3 seeds' where groups differ; 'one seed, no band' for one)."""
+    present in df) counted in df ('2–3 seeds' where groups differ; 'one seed, no spread shown' for one)."""
     if "seed" not in df:
         raise ValueError(f"seeds_phrase: df has no 'seed' column; columns: {list(df.columns)}")
     by = [c for c in by if c in df]
     counts = df.groupby(by)["seed"].nunique() if by else pd.Series([df["seed"].nunique()])
     lo, hi = int(counts.min()), int(counts.max())
     if hi <= 1:
-        return "one seed, no band"
+        return "one seed, no spread shown"
     return f"mean ± 1 std over {lo} seeds" if lo == hi else f"mean ± 1 std over {lo}–{hi} seeds"
 
 

@@ -160,7 +160,7 @@ def test_panel_grid_and_seeds_phrase():
     df = pd.DataFrame({"setting": ["s"] * 5, "divergence": ["kl"] * 3 + ["js"] * 2, "seed": [0, 1, 2, 0, 1]})
     assert results.seeds_phrase(df) == "mean ± 1 std over 2–3 seeds"
     assert results.seeds_phrase(df[df.divergence == "kl"]) == "mean ± 1 std over 3 seeds"
-    assert results.seeds_phrase(df[df.seed == 0]) == "one seed, no band"
+    assert results.seeds_phrase(df[df.seed == 0]) == "one seed, no spread shown"
     with pytest.raises(ValueError, match="seed"):
         results.seeds_phrase(df.drop(columns="seed"))
 
