@@ -103,9 +103,14 @@ def check_summary(nb, runs):
 
 
 def check_outputs(figs, names, tables=(), header="| "):
-    """Figures `names` (PNG > 10 kB, and PDF) and tables (CSV, and Markdown starting with `header`) were written."""
+    """Figures `names` (PNG > 10 kB, and PDF) and tables (CSV, and Markdown starting with `header`) were written;
+    every PNG in figs fits a notebook's width: at most results.FIG_WIDTH inches at save_figure's 150 dpi (plus the
+    0.1-inch pad of bbox_inches="tight" on each side)."""
     for name in names:
         assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    for png in figs.glob("*.png"):
+        width = int.from_bytes(png.read_bytes()[16:20], "big")  # the PNG header's IHDR width
+        assert width <= (results.FIG_WIDTH + 0.2) * 150 + 1, f"{png.name} is {width / 150:.2f} in wide"
     for name in tables:
         assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith(header), name
 
