@@ -7,8 +7,9 @@ or the home folder) and headless Chromium (Debian's `chromium`, driven by Playwr
 pending, takes a screenshot and reports what the page shows.
 
   * test_notebook_00_runs_in_jupyterlab: notebooks/00_toy_exact.ipynb renders a figure (an <img> in an output area
-    with a decoded bitmap) and no error output (no traceback, no stderr area); and, once switched on (see
-    EXPECT_HTML_TABLES), at least one HTML <table> in an output area.
+    with a decoded bitmap), at least one HTML <table> in an output area (its tables, shown with
+    results.show_table; FDPG_EXPECT_HTML_TABLES=0 turns this check off) and no error output (no traceback, no stderr
+    area).
   * test_detectors_see_figures_tables_and_errors: on a four-cell probe notebook (a figure, an HTML table, a line on
     stderr, an exception) every one of those detectors fires, so a pass on 00 means 00 is clean.
 
@@ -34,9 +35,9 @@ import pytest
 
 from fdpg_core.kit.notebook import NOTEBOOK_DIR, kernel_env
 
-# Notebook 00 prints its tables as Markdown text today. Once it displays them as HTML (IPython.display), switch this
-# on (or set FDPG_EXPECT_HTML_TABLES=1) and the test also requires an HTML <table> in an output area.
-EXPECT_HTML_TABLES = os.environ.get("FDPG_EXPECT_HTML_TABLES", "0") == "1"
+# Notebook 00 displays its tables as HTML (results.show_table), so the test requires an HTML <table> in an output
+# area; FDPG_EXPECT_HTML_TABLES=0 turns that check off.
+EXPECT_HTML_TABLES = os.environ.get("FDPG_EXPECT_HTML_TABLES", "1") == "1"
 
 NOTEBOOK = NOTEBOOK_DIR / "00_toy_exact.ipynb"
 RUN_TIMEOUT_S = 900  # all cells of notebook 00 (about 50 s alone on 2 cores, several times that on a loaded machine)

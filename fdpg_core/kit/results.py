@@ -15,7 +15,10 @@ the matching runs (and says how many it skipped), and `find_run` lets a notebook
 training it again.
 
 Figures and tables are rebuilt from these files only: `load_runs` → `history_frame` (one row per history
-record, with `samples_seen`) / `final_frame` (one row per run) → `plot_curves`, `mean_std`, `write_table`.
+record, with `samples_seen`) / `final_frame` (one row per run) → `plot_curves`, `mean_std`, `write_table`;
+`show_table` displays a table in the notebook (HTML, with a Markdown text/plain for logs).
+Figures fit a notebook's width: at most FIG_WIDTH inches wide, at most MAX_COLS panels per row (`panel_grid`),
+every band described by `seeds_phrase` ("mean ± 1 std over N seeds", N counted from the data).
 Every curve is plotted against the number of samples seen: the record of step s holds metrics of θ_s, the
 parameters after s updates, i.e. after s · batch_size samples (samples_seen = step · batch_size).
 
@@ -39,7 +42,8 @@ import pandas as pd
 __all__ = ["DIVERGENCE_COLORS", "REPO_ROOT", "divergence_color", "divergence_label", "sort_divergences",
            "output_dirs", "PRESENTATION_PARAMS", "fingerprint", "run_filename", "save_run", "load_runs",
            "find_run", "history_frame", "final_frame", "mean_std",
-           "format_mean_std", "plot_curves", "save_figure", "write_table", "to_markdown"]
+           "format_mean_std", "FIG_WIDTH", "MAX_COLS", "panel_grid", "seeds_phrase", "plot_curves", "save_figure",
+           "write_table", "to_markdown", "table_html", "show_table"]
 
 VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -290,6 +294,40 @@ def format_mean_std(stats: pd.DataFrame, metrics, digits: int = 3) -> pd.DataFra
     return out
 
 
+FIG_WIDTH = 10.5  # inches: the widest figure that a notebook shows without shrinking its labels
+MAX_COLS = 3  # panels per row at FIG_WIDTH
+
+
+def panel_grid(n: int, *, ncols: int = MAX_COLS, height: float = 3.2, width: float = FIG_WIDTH, **subplots_kw):
+    """(fig, [ax] * n): n panels on rows of at most `ncols` (≤ MAX_COLS), `width` (≤ FIG_WIDTH) inches wide and
+    `height` inches per row, constrained layout; the grid's unused cells are removed."""
+    if not 1 <= ncols <= MAX_COLS or n < 1 or width > FIG_WIDTH:
+        raise ValueError(f"panel_grid: n={n}, ncols={ncols}, width={width}; allowed: n ≥ 1, 1 ≤ ncols ≤ {MAX_COLS}, "
+                         f"width ≤ {FIG_WIDTH}")
+    import matplotlib.pyplot as plt
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False, layout="constrained",
+                             **subplots_kw)
+    axes = list(axes.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def seeds_phrase(df: pd.DataFrame, *, by=("setting", "divergence")) -> str:
+    """What a band or error bar shows: 'mean ± 1 std over N seeds', N = the seeds per group (the `by` columns
+    present in df) counted in df ('2–3 seeds' where groups differ; 'one seed, no spread shown' for one)."""
+    if "seed" not in df:
+        raise ValueError(f"seeds_phrase: df has no 'seed' column; columns: {list(df.columns)}")
+    by = [c for c in by if c in df]
+    counts = df.groupby(by)["seed"].nunique() if by else pd.Series([df["seed"].nunique()])
+    lo, hi = int(counts.min()), int(counts.max())
+    if hi <= 1:
+        return "one seed, no spread shown"
+    return f"mean ± 1 std over {lo} seeds" if lo == hi else f"mean ± 1 std over {lo}–{hi} seeds"
+
+
 def plot_curves(ax, hist: pd.DataFrame, metric: str, *, divergences=None, logy: bool = False, band: bool = True,
                 title=None, ylabel=None, **line_kw):
     """Mean (line) ± std over seeds (band, when band and seeds > 1) of `metric` against samples seen, one colour
@@ -332,16 +370,49 @@ def save_figure(fig, fig_dir, name: str, *, dpi: int = 150) -> list[Path]:
     return paths
 
 
+def _cell(v, digits: int) -> str:
+    """A table cell: floats rounded to `digits`, NaN (no value) as an en dash; round(-0.0001) + 0.0 prints 0.00,
+    not -0.00."""
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{round(v, digits) + 0.0:.{digits}f}"
+    return str(v)
+
+
 def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub pipe table (floats rounded to `digits`), without the tabulate dependency."""
-    def cell(v):
-        if isinstance(v, float):  # NaN (no value) as an en dash; round(-0.0001) + 0.0 prints 0.00, not -0.00
-            return "–" if math.isnan(v) else f"{round(v, digits) + 0.0:.{digits}f}"
-        return str(v).replace("|", "\\|")
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(_cell(v, digits).replace("|", "\\|") for v in row) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def table_html(df: pd.DataFrame, digits: int = 3, *, title: str | None = None) -> str:
+    """The table as HTML, its cells written as in `to_markdown` (floats rounded to `digits`, 'm ± s' strings
+    kept), numbers right-aligned; `title` above it."""
+    cells = pd.DataFrame([[_cell(v, digits) for v in row] for row in df.itertuples(index=False)],
+                         columns=[str(c) for c in df.columns])
+    html = cells.to_html(index=False, border=0, justify="left", na_rep="–")
+    return (f"<p><b>{_escape(title)}</b></p>\n" if title else "") + html
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def show_table(df: pd.DataFrame, digits: int = 3, *, title: str | None = None) -> None:
+    """Display `df` in a notebook as an HTML table (`table_html`) whose text/plain is its `to_markdown` pipe table
+    (what headless logs and tests read), `title` on the line above; outside IPython, print the text."""
+    text = (f"{title}\n" if title else "") + to_markdown(df, digits)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # no IPython: a plain script
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(text, end="")
+        return
+    display({"text/html": table_html(df, digits, title=title), "text/plain": text}, raw=True)
 
 
 def write_table(df: pd.DataFrame, out_dir, name: str, *, digits: int = 3, md: pd.DataFrame | None = None) -> list[Path]:

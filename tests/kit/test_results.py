@@ -124,6 +124,47 @@ def test_tables_and_output_dirs(tmp_path, monkeypatch):
     fig.rmdir()
 
 
+
+def test_show_table_displays_html_with_the_markdown_as_text(capsys, monkeypatch):
+    """In a notebook: one display of text/html (cells as in the Markdown, 'm ± s' kept) and text/plain (the pipe
+    table, what logs and the notebook tests read); outside IPython the pipe table is printed."""
+    import pandas as pd
+    import IPython
+    import IPython.display
+
+    df = pd.DataFrame({"name": ["a<b", "c"], "x": [-0.0001, float("nan")], "m": ["0.25 ± 0.01", "1.00"]})
+    html = results.table_html(df, digits=2, title="t & u")
+    assert "<table" in html and "<b>t &amp; u</b>" in html and "a&lt;b" in html
+    assert [c in html for c in ("<td>0.00</td>", "<td>–</td>", "<td>0.25 ± 0.01</td>")] == [True] * 3
+    results.show_table(df, digits=2, title="t")
+    assert capsys.readouterr().out == "t\n" + results.to_markdown(df, digits=2)
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw: shown.append((obj, raw)))
+    results.show_table(df, digits=2)
+    assert shown == [({"text/html": results.table_html(df, digits=2), "text/plain": results.to_markdown(df, 2)},
+                      True)] and capsys.readouterr().out == ""
+
+
+def test_panel_grid_and_seeds_phrase():
+    import pandas as pd
+
+    fig, axes = results.panel_grid(4)
+    assert len(axes) == 4 and len(fig.axes) == 4  # 2 rows of ≤ 3; the unused cell removed
+    assert tuple(fig.get_size_inches()) == pytest.approx((results.FIG_WIDTH, 6.4))
+    assert {round(ax.get_subplotspec().colspan.start) for ax in axes} == {0, 1, 2}
+    plt.close(fig)
+    for bad in [dict(n=0), dict(n=2, ncols=4), dict(n=2, width=16)]:
+        with pytest.raises(ValueError, match="allowed"):
+            results.panel_grid(**bad)
+    df = pd.DataFrame({"setting": ["s"] * 5, "divergence": ["kl"] * 3 + ["js"] * 2, "seed": [0, 1, 2, 0, 1]})
+    assert results.seeds_phrase(df) == "mean ± 1 std over 2–3 seeds"
+    assert results.seeds_phrase(df[df.divergence == "kl"]) == "mean ± 1 std over 3 seeds"
+    assert results.seeds_phrase(df[df.seed == 0]) == "one seed, no spread shown"
+    with pytest.raises(ValueError, match="seed"):
+        results.seeds_phrase(df.drop(columns="seed"))
+
+
 # ------------------------------------------------------------------------ fingerprints: runs that cannot mix
 PARAMS = {"seed": 0, "n_seeds": 3, "divergences": ["kl", "js"], "lr": 1e-4, "n_steps": 10, "betas": [0.1],
           "out_dir": "a", "fig_dir": "b", "preset": "cpu", "rerun": False, "torch_threads": 1, "device": "cpu",

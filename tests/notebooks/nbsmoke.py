@@ -48,11 +48,16 @@ def run_smoke(name, tmp_path, **parameters):
 
 
 def summary_tables(nb) -> list[list[list[str]]]:
-    """The Markdown tables that the last code cell of an executed notebook (its summary, house style) printed to
-    stdout: a list of tables, each a list of rows (the header first, the |---| line dropped), each a list of cells."""
+    """The Markdown tables that the last code cell of an executed notebook (its summary, house style) showed: the
+    text/plain of each table displayed with results.show_table (its HTML's Markdown twin) and any printed to stdout,
+    in output order: a list of tables, each a list of rows (the header first, the |---| line dropped), each a list
+    of cells."""
     cell = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert not [o for o in cell.outputs if o.output_type == "error"], "the summary cell raised"
-    lines = "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout").splitlines()
+    texts = [o.get("text", "") if o.output_type == "stream" and o.get("name") == "stdout" else
+             o.get("data", {}).get("text/plain", "") + "\n" if o.output_type in ("display_data", "execute_result")
+             else "" for o in cell.outputs]
+    lines = "".join(texts).splitlines()
     tables, cur = [], None
     for line in lines + [""]:
         if line.startswith("|") and line.endswith("|"):
@@ -98,9 +103,14 @@ def check_summary(nb, runs):
 
 
 def check_outputs(figs, names, tables=(), header="| "):
-    """Figures `names` (PNG > 10 kB, and PDF) and tables (CSV, and Markdown starting with `header`) were written."""
+    """Figures `names` (PNG > 10 kB, and PDF) and tables (CSV, and Markdown starting with `header`) were written;
+    every PNG in figs fits a notebook's width: at most results.FIG_WIDTH inches at save_figure's 150 dpi (plus the
+    0.1-inch pad of bbox_inches="tight" on each side)."""
     for name in names:
         assert (figs / f"{name}.png").stat().st_size > 10_000 and (figs / f"{name}.pdf").exists(), name
+    for png in figs.glob("*.png"):
+        width = int.from_bytes(png.read_bytes()[16:20], "big")  # the PNG header's IHDR width
+        assert width <= (results.FIG_WIDTH + 0.2) * 150 + 1, f"{png.name} is {width / 150:.2f} in wide"
     for name in tables:
         assert (figs / f"{name}.csv").exists() and (figs / f"{name}.md").read_text().startswith(header), name
 

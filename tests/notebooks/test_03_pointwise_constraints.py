@@ -45,5 +45,6 @@ def test_smoke_run_of_03_pointwise_constraints(tmp_path):
     # 0.305 / 0.354 / 0.420, sd 0.056 -> min − 3 sd = 0.14; a run that trained nothing has a rise of 0 ± 0.029
     # (binomial s.e. of 128 samples against 512 at Ẑ = 0.098; the 4 divergences then share one sample): 0.12 = 4 s.e.
     assert sum(rises) / len(rises) >= 0.12, rises
-    check_outputs(figs, ["curves", "final_metrics", "alignment_vs_diversity", "floor_effect"],
+    check_outputs(figs, ["curves", "curves_kl_p_pi", "curves_kl_pi_a", "curves_log_z", "final_metrics",
+                         "alignment_vs_diversity", "floor_effect"],
                    ["final", "floor", "claims"])

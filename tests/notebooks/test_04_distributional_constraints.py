@@ -45,4 +45,5 @@ def test_smoke_run_of_04_distributional_constraints(tmp_path, torch_threads):
     # mean over divergences 0.215 / 0.236 / 0.250, sd 0.017 -> min − 3 sd = 0.165; a run that trained nothing:
     # 0 ± 0.028 (binomial s.e. of E[female] ≈ 0.09 on 128 samples against 512; one shared sample): 0.12 = 4 s.e.
     assert sum(gains) / len(gains) >= 0.12, gains
-    check_outputs(figs, ["fitted_targets", "curves", "final_metrics", "final_moments"], ["fit", "final", "claims"])
+    check_outputs(figs, ["fitted_targets", "curves", "curves_divergences", "final_metrics", "final_moments"],
+                  ["fit", "final", "claims"])

@@ -182,6 +182,10 @@ def test_check_summary_reads_the_printed_table_and_rejects_what_a_broken_run_pri
     check_summary(nb(good + "| base | a | 0.10 | – |\n"), runs)  # a's row (07, 08)
     assert summary_tables(nb(good)) == [[["setting", "divergence", "E", "KL"], ["s", "kl", "0.25", "1.00"],
                                          ["s", "rkl", "-0.10", "–"]]]
+    shown = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("results.show_table(s)", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/html": "<table></table>", "text/plain": good})])])
+    assert summary_tables(shown) == summary_tables(nb(good))  # show_table's text/plain is read like a print
+    check_summary(shown, runs)
     bad = [head + "| s | kl | inf | 1.00 |\n| s | rkl | 0.1 | 0.2 |\n",
            head + "| s | kl | nan | 1.00 |\n| s | rkl | 0.1 | 0.2 |\n",
            head + "| s | kl | – | – |\n| s | rkl | 0.1 | 0.2 |\n",
