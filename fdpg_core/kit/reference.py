@@ -162,11 +162,11 @@ class ReferenceSample:
 
     def summary(self, n_texts: int = 0) -> "ReferenceSummary":
         """What the notebooks show of this sample, without its tensors: log Ẑ, ESS, moments, base means, every
-        feature value and the first n_texts texts."""
+        feature value and the first n_texts texts (none when the samples were not decoded)."""
         return ReferenceSummary(n=len(self), log_Z=self.log_Z, exact_Z=self.exact_Z, ess_n=self.ess(),
                                 ess_frac=self.ess(fraction=True), moment=self.moments(), base_mean=self.base_means(),
                                 features={k: v.clone() for k, v in self.features.items()},
-                                stored_texts=tuple(self.texts(n_texts)) if n_texts else ())
+                                stored_texts=tuple(self.texts(n_texts)) if n_texts and self.samples.texts else ())
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,20 +214,25 @@ class ReferenceSummary:
     def rescore(self, *args, **kwargs):
         raise ValueError("ReferenceSummary.rescore: a summary has no samples; allowed: a ReferenceSample")
 
-    def to_record(self) -> dict:
-        return {"n": self.n, "log_Z": self.log_Z, "exact_Z": self.exact_Z, "ess": self.ess_n,
-                "ess_frac": self.ess_frac, "moments": self.moment, "base_means": self.base_mean,
-                "features": {k: v.tolist() for k, v in self.features.items()}, "texts": list(self.stored_texts)}
+    def to_record(self, with_rows: bool = True) -> dict:
+        """A JSON-able dict; with_rows=False leaves out the per-row features and texts (a rescored sample's are
+        its reference's, see `from_record`'s `rows_of`)."""
+        d = {"n": self.n, "log_Z": self.log_Z, "exact_Z": self.exact_Z, "ess": self.ess_n, "ess_frac": self.ess_frac,
+             "moments": self.moment, "base_means": self.base_mean}
+        if with_rows:
+            d.update(features={k: v.tolist() for k, v in self.features.items()}, texts=list(self.stored_texts))
+        return d
 
     @classmethod
-    def from_record(cls, d: dict) -> "ReferenceSummary":
+    def from_record(cls, d: dict, rows_of: "ReferenceSummary | None" = None) -> "ReferenceSummary":
+        """Read back `to_record`; the features and texts from `rows_of` when given (the same sample, rescored)."""
         nan = _num
+        feats = rows_of.features if rows_of is not None else \
+            {k: torch.tensor([nan(x) for x in v], dtype=torch.float32) for k, v in d["features"].items()}
         return cls(n=int(d["n"]), log_Z=nan(d["log_Z"]), exact_Z=bool(d["exact_Z"]), ess_n=nan(d["ess"]),
                    ess_frac=nan(d["ess_frac"]), moment={k: nan(v) for k, v in d["moments"].items()},
-                   base_mean={k: nan(v) for k, v in d["base_means"].items()},
-                   features={k: torch.tensor([nan(x) for x in v], dtype=torch.float32)
-                             for k, v in d["features"].items()},
-                   stored_texts=tuple(d["texts"]))
+                   base_mean={k: nan(v) for k, v in d["base_means"].items()}, features=feats,
+                   stored_texts=rows_of.stored_texts if rows_of is not None else tuple(d["texts"]))
 
 
 def _num(x) -> float:
@@ -252,8 +257,7 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
     saved = None if rerun else results.load_record(out_dir, "reference", name, params=key)
     if saved is not None and not need_samples and set(saved) == {"ref", "rescored"}:
         try:
-            return (ReferenceSummary.from_record(saved["ref"]),
-                    {k: ReferenceSummary.from_record(saved["rescored"][k]) for k in rescore})
+            return _summaries(saved, rescore)
         except (KeyError, TypeError, ValueError) as e:
             import warnings
             warnings.warn(f"cached_reference: record {name!r} is malformed ({e}); drawing the sample again",
@@ -264,12 +268,15 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
     if saved is None:
         results.save_record(out_dir, "reference", name, params=key, data={
             "ref": ref.summary(n_texts).to_record(),
-            "rescored": {k: r.summary(n_texts).to_record() for k, r in other.items()}})
+            "rescored": {k: r.summary().to_record(with_rows=False) for k, r in other.items()}})
     if need_samples:
         return ref, other
-    saved = results.load_record(out_dir, "reference", name, params=key)  # as stored: the next run shows the same
-    return (ReferenceSummary.from_record(saved["ref"]),
-            {k: ReferenceSummary.from_record(saved["rescored"][k]) for k in rescore})
+    return _summaries(results.load_record(out_dir, "reference", name, params=key), rescore)  # as the next run will
+
+
+def _summaries(saved: dict, rescore: dict):
+    ref = ReferenceSummary.from_record(saved["ref"])
+    return ref, {k: ReferenceSummary.from_record(saved["rescored"][k], rows_of=ref) for k in rescore}
 
 
 # ----------------------------------------------------------------------------------------------- on-policy metrics
