@@ -35,8 +35,8 @@ from fdpg_core.kit.diversity import distinct_n, self_bleu
 from fdpg_core.estimators import ess, is_divergence, log_Z_hat
 from fdpg_core.targets import Target, _eval_mode
 
-__all__ = ["ReferenceSample", "ReferenceSummary", "cached_reference", "sample_policy", "score_policy", "policy_metrics", "diversity_metrics",
-           "two_sample_js_tv", "metrics_fn"]
+__all__ = ["ReferenceSample", "ReferenceSummary", "cached_reference", "sample_policy", "score_policy",
+           "policy_metrics", "diversity_metrics", "two_sample_js_tv", "metrics_fn"]
 
 DISTINCT_N = (1, 2, 3)
 SELF_BLEU_N = (3, 4, 5)
@@ -160,13 +160,17 @@ class ReferenceSample:
         idx = torch.arange(len(self)) if where is None else where.nonzero().squeeze(1)
         return [self.samples.texts[i] for i in idx[:k].tolist()]
 
-    def summary(self, n_texts: int = 0) -> "ReferenceSummary":
+    def summary(self, n_texts: int = 0, where: Tensor | None = None) -> "ReferenceSummary":
         """What the notebooks show of this sample, without its tensors: log Ẑ, ESS, moments, base means, every
-        feature value and the first n_texts texts (none when the samples were not decoded)."""
+        feature value, and the texts of the first n_texts rows and of the first n_texts rows where `where` (bool
+        (N,)) is True (no texts when the samples were not decoded)."""
+        rows = list(range(min(n_texts, len(self))))
+        if where is not None:
+            rows += where.nonzero().squeeze(1)[:n_texts].tolist()
+        texts = {i: self.samples.texts[i] for i in sorted(set(rows))} if self.samples.texts else {}
         return ReferenceSummary(n=len(self), log_Z=self.log_Z, exact_Z=self.exact_Z, ess_n=self.ess(),
                                 ess_frac=self.ess(fraction=True), moment=self.moments(), base_mean=self.base_means(),
-                                features={k: v.clone() for k, v in self.features.items()},
-                                stored_texts=tuple(self.texts(n_texts)) if n_texts and self.samples.texts else ())
+                                features={k: v.clone() for k, v in self.features.items()}, stored_texts=texts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,7 +187,7 @@ class ReferenceSummary:
     moment: dict
     base_mean: dict
     features: dict  # name -> (N,) float tensor
-    stored_texts: tuple
+    stored_texts: dict  # row -> text, for the rows the summary kept
 
     def __len__(self) -> int:
         return self.n
@@ -201,10 +205,11 @@ class ReferenceSummary:
         """The first k texts (of the rows where `where` is True), when the summary kept them."""
         idx = torch.arange(self.n) if where is None else where.nonzero().squeeze(1)
         idx = idx[:k].tolist()
-        if idx and idx[-1] >= len(self.stored_texts):
-            raise ValueError(f"ReferenceSummary.texts: row {idx[-1]} asked for, but the summary kept the first "
-                             f"{len(self.stored_texts)} texts; allowed: rows < {len(self.stored_texts)} (save the "
-                             "record again with a larger n_texts, or rerun=True)")
+        missing = [i for i in idx if i not in self.stored_texts]
+        if missing:
+            raise ValueError(f"ReferenceSummary.texts: rows {missing} asked for, but the summary kept the texts of "
+                             f"{len(self.stored_texts)} rows; allowed: the rows it kept (save the record again with a "
+                             "larger n_texts or another texts_where: rerun=True)")
         return [self.stored_texts[i] for i in idx]
 
     def divergences(self, *args, **kwargs):
@@ -220,7 +225,8 @@ class ReferenceSummary:
         d = {"n": self.n, "log_Z": self.log_Z, "exact_Z": self.exact_Z, "ess": self.ess_n, "ess_frac": self.ess_frac,
              "moments": self.moment, "base_means": self.base_mean}
         if with_rows:
-            d.update(features={k: v.tolist() for k, v in self.features.items()}, texts=list(self.stored_texts))
+            d.update(features={k: v.tolist() for k, v in self.features.items()},
+                     texts={str(i): t for i, t in self.stored_texts.items()})
         return d
 
     @classmethod
@@ -232,7 +238,8 @@ class ReferenceSummary:
         return cls(n=int(d["n"]), log_Z=nan(d["log_Z"]), exact_Z=bool(d["exact_Z"]), ess_n=nan(d["ess"]),
                    ess_frac=nan(d["ess_frac"]), moment={k: nan(v) for k, v in d["moments"].items()},
                    base_mean={k: nan(v) for k, v in d["base_means"].items()}, features=feats,
-                   stored_texts=rows_of.stored_texts if rows_of is not None else tuple(d["texts"]))
+                   stored_texts=rows_of.stored_texts if rows_of is not None else
+                   {int(i): t for i, t in d["texts"].items()})
 
 
 def _num(x) -> float:
@@ -241,7 +248,8 @@ def _num(x) -> float:
 
 
 def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], ReferenceSample], *,
-                     rescore: dict | None = None, need_samples: bool, rerun: bool = False, n_texts: int = 0):
+                     rescore: dict | None = None, need_samples: bool, rerun: bool = False, n_texts: int = 0,
+                     texts_where: str | None = None):
     """(ref, {key: ref.rescore(target)} for each key, target of `rescore`), the reference sample a notebook draws
     with `draw()` (no argument), cached as the evaluation record <out_dir>/reference/<name>-<fingerprint>.json
     (results.save_record; `params`: every parameter that changes the sample or its scores, e.g. the base model,
@@ -249,16 +257,17 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
 
     need_samples (some run is still to be trained, whose metrics need the sample): always drawn, and the record
     written when missing (or rerun). Otherwise the saved summaries (`ReferenceSummary`) are returned when the
-    record exists and rerun is False; else the sample is drawn and its summaries saved and returned."""
+    record exists and rerun is False; else the sample is drawn and its summaries saved and returned. The summaries
+    keep the texts of the first n_texts rows, and of the first n_texts rows whose feature `texts_where` is > 0."""
     from fdpg_core.kit import results
 
     rescore = dict(rescore or {})
-    key = {**params, "rescore": sorted(rescore), "n_texts": int(n_texts)}
+    key = {**params, "rescore": sorted(rescore), "n_texts": int(n_texts), "texts_where": texts_where}
     saved = None if rerun else results.load_record(out_dir, "reference", name, params=key)
     if saved is not None and not need_samples and set(saved) == {"ref", "rescored"}:
         try:
             return _summaries(saved, rescore)
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             import warnings
             warnings.warn(f"cached_reference: record {name!r} is malformed ({e}); drawing the sample again",
                           stacklevel=2)
@@ -266,8 +275,9 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
     ref = draw()
     other = {k: ref.rescore(t) for k, t in rescore.items()}
     if saved is None:
+        where = None if texts_where is None else ref.features[texts_where] > 0  # (N,)
         results.save_record(out_dir, "reference", name, params=key, data={
-            "ref": ref.summary(n_texts).to_record(),
+            "ref": ref.summary(n_texts, where).to_record(),
             "rescored": {k: r.summary().to_record(with_rows=False) for k, r in other.items()}})
     if need_samples:
         return ref, other

@@ -254,8 +254,9 @@ def find_run(results_dir, *, experiment: str, fingerprint: str, setting: str | N
     ok = r is not None and (r["experiment"], r.get("fingerprint"), r["setting"], r["divergence"], r["seed"]) == \
         (experiment, fingerprint, setting, str(divergence), int(seed))
     if not ok and os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"):
-        raise RuntimeError(f"{NO_TRAIN_ENV}={os.environ[NO_TRAIN_ENV]} (a rendering never trains): the run {path.name} "
-                           f"is not saved in {results_dir}; train it first with scripts/run_notebooks.py at this preset")
+        raise RuntimeError(f"{NO_TRAIN_ENV}={os.environ[NO_TRAIN_ENV]} (a rendering never trains): the run "
+                           f"{path.name} is not saved in {results_dir}; train it first with scripts/run_notebooks.py "
+                           "at this preset")
     return path if ok else None
 
 

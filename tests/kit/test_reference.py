@@ -118,7 +118,7 @@ def test_cached_reference_saves_summaries_and_reuses_them_instead_of_drawing(tmp
     feat = next(iter(exact.features))
     assert torch.equal(ref.features[feat], exact.features[feat])  # 0/1 features: exact
     assert ref.texts(0) == []
-    with pytest.raises(ValueError, match="kept the first 0 texts"):
+    with pytest.raises(ValueError, match=r"rows \[0\] asked for, but the summary kept the texts of 0 rows"):
         ref.texts(1)
     with pytest.raises(ValueError, match="no samples"):
         ref.divergences(pb.target.base)
@@ -130,3 +130,16 @@ def test_cached_reference_saves_summaries_and_reuses_them_instead_of_drawing(tmp
     reference.cached_reference(tmp_path, "toy-a", {"n": 500}, draw, need_samples=False, rerun=True, **kw)
     reference.cached_reference(tmp_path, "toy-a", {"n": 501}, draw, need_samples=False, **kw)
     assert len(draws) == 4 and len(list((tmp_path / "reference").glob("toy-a-*.json"))) == 2
+
+
+def test_summary_keeps_the_first_texts_and_those_where_a_feature_holds():
+    pb = toy.make_toy_problem("binary", seed=1)
+    ref = _draw(pb, pb.target.base, 300)
+    ref.samples.texts = [f"text {i}" for i in range(300)]  # as decoded by a tokenizer
+    feat = next(iter(ref.features))
+    hit = ref.features[feat] > 0  # (N,)
+    summ = reference.ReferenceSummary.from_record(ref.summary(2, where=hit).to_record())
+    assert summ.texts(2) == ref.texts(2) and summ.texts(2, hit) == ref.texts(2, hit)
+    assert set(summ.stored_texts) == {0, 1} | set(hit.nonzero().squeeze(1)[:2].tolist())
+    with pytest.raises(ValueError, match="rows .* asked for"):
+        summ.texts(3, ~hit)  # a third row without the feature: never kept
