@@ -160,17 +160,18 @@ class ReferenceSample:
         idx = torch.arange(len(self)) if where is None else where.nonzero().squeeze(1)
         return [self.samples.texts[i] for i in idx[:k].tolist()]
 
-    def summary(self, n_texts: int = 0, where: Tensor | None = None) -> "ReferenceSummary":
+    def summary(self, n_texts: int = 0, where: Tensor | None = None, log_w: bool = False) -> "ReferenceSummary":
         """What the notebooks show of this sample, without its tensors: log Ẑ, ESS, moments, base means, every
         feature value, and the texts of the first n_texts rows and of the first n_texts rows where `where` (bool
-        (N,)) is True (no texts when the samples were not decoded)."""
+        (N,)) is True (no texts when the samples were not decoded); with log_w, also the weights log P/q (N,)."""
         rows = list(range(min(n_texts, len(self))))
         if where is not None:
             rows += where.nonzero().squeeze(1)[:n_texts].tolist()
         texts = {i: self.samples.texts[i] for i in sorted(set(rows))} if self.samples.texts else {}
         return ReferenceSummary(n=len(self), log_Z=self.log_Z, exact_Z=self.exact_Z, ess_n=self.ess(),
                                 ess_frac=self.ess(fraction=True), moment=self.moments(), base_mean=self.base_means(),
-                                features={k: v.clone() for k, v in self.features.items()}, stored_texts=texts)
+                                features={k: v.clone() for k, v in self.features.items()}, stored_texts=texts,
+                                log_w=self.log_w.clone() if log_w else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +189,7 @@ class ReferenceSummary:
     base_mean: dict
     features: dict  # name -> (N,) float tensor
     stored_texts: dict  # row -> text, for the rows the summary kept
+    log_w: Tensor | None = None  # (N,) log P/q, when kept
 
     def __len__(self) -> int:
         return self.n
@@ -227,6 +229,8 @@ class ReferenceSummary:
         if with_rows:
             d.update(features={k: v.tolist() for k, v in self.features.items()},
                      texts={str(i): t for i, t in self.stored_texts.items()})
+            if self.log_w is not None:  # −inf (P = 0) is stored as None, like every non-finite value
+                d["log_w"] = self.log_w.tolist()
         return d
 
     @classmethod
@@ -239,7 +243,9 @@ class ReferenceSummary:
                    ess_frac=nan(d["ess_frac"]), moment={k: nan(v) for k, v in d["moments"].items()},
                    base_mean={k: nan(v) for k, v in d["base_means"].items()}, features=feats,
                    stored_texts=rows_of.stored_texts if rows_of is not None else
-                   {int(i): t for i, t in d["texts"].items()})
+                   {int(i): t for i, t in d["texts"].items()},
+                   log_w=None if "log_w" not in d else
+                   torch.tensor([-math.inf if x is None else float(x) for x in d["log_w"]], dtype=torch.float32))
 
 
 def _num(x) -> float:
@@ -249,7 +255,7 @@ def _num(x) -> float:
 
 def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], ReferenceSample], *,
                      rescore: dict | None = None, need_samples: bool, rerun: bool = False, n_texts: int = 0,
-                     texts_where: str | None = None):
+                     texts_where: str | None = None, keep_log_w: bool = False):
     """(ref, {key: ref.rescore(target)} for each key, target of `rescore`), the reference sample a notebook draws
     with `draw()` (no argument), cached as the evaluation record <out_dir>/reference/<name>-<fingerprint>.json
     (results.save_record; `params`: every parameter that changes the sample or its scores, e.g. the base model,
@@ -258,11 +264,13 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
     need_samples (some run is still to be trained, whose metrics need the sample): always drawn, and the record
     written when missing (or rerun). Otherwise the saved summaries (`ReferenceSummary`) are returned when the
     record exists and rerun is False; else the sample is drawn and its summaries saved and returned. The summaries
-    keep the texts of the first n_texts rows, and of the first n_texts rows whose feature `texts_where` is > 0."""
+    keep the texts of the first n_texts rows, and of the first n_texts rows whose feature `texts_where` is > 0, and
+    with keep_log_w the weights log P/q of every row (`log_w`, e.g. to fit λ again)."""
     from fdpg_core.kit import results
 
     rescore = dict(rescore or {})
     key = {**params, "rescore": sorted(rescore), "n_texts": int(n_texts), "texts_where": texts_where}
+    key.update({"keep_log_w": True} if keep_log_w else {})
     saved = None if rerun else results.load_record(out_dir, "reference", name, params=key)
     if saved is not None and not need_samples and set(saved) == {"ref", "rescored"}:
         try:
@@ -277,7 +285,7 @@ def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], Refere
     if saved is None:
         where = None if texts_where is None else ref.features[texts_where] > 0  # (N,)
         results.save_record(out_dir, "reference", name, params=key, data={
-            "ref": ref.summary(n_texts, where).to_record(),
+            "ref": ref.summary(n_texts, where, log_w=keep_log_w).to_record(),
             "rescored": {k: r.summary().to_record(with_rows=False) for k, r in other.items()}})
     if need_samples:
         return ref, other

@@ -143,3 +143,5 @@ def test_summary_keeps_the_first_texts_and_those_where_a_feature_holds():
     assert set(summ.stored_texts) == {0, 1} | set(hit.nonzero().squeeze(1)[:2].tolist())
     with pytest.raises(ValueError, match="rows .* asked for"):
         summ.texts(3, ~hit)  # a third row without the feature: never kept
+    kept = reference.ReferenceSummary.from_record(ref.summary(log_w=True).to_record())
+    assert torch.equal(kept.log_w, ref.log_w) and (ref.log_w == -math.inf).any()  # −inf (b = 0) survives JSON
