@@ -36,6 +36,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+RENDER_KEY = "fdpg_render"  # notebook metadata of a rendering: {"preset": "cpu", "hash": render_hash(...)}
+NOTE_ID = "rendered-note"  # id of the markdown cell a rendering adds after the title
+RENDER_PRESET = "cpu"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
            "parameters_cell", "parameter_types", "parameters", "preset_file", "preset_values", "preset_fingerprint",
@@ -323,8 +326,10 @@ def preset_fingerprint(name: str, preset: str) -> tuple[str, str]:
 def clear_outputs(nb, *, keep_checked: bool = True):
     """A copy of `nb` with every output and execution count cleared, except the outputs of cells whose
     source contains `# NBVAL_CHECK_OUTPUT` (when keep_checked; their execution_count is set to 1, which nbval
-    needs to compare them); papermill metadata dropped."""
+    needs to compare them); papermill metadata, and a rendering's note cell and metadata, dropped."""
     nb = copy.deepcopy(nb)
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != NOTE_ID]
+    nb["metadata"].pop(RENDER_KEY, None)
     for c in nb["cells"]:
         c.get("metadata", {}).pop("papermill", None)
         c.get("metadata", {}).pop("execution", None)
@@ -355,9 +360,6 @@ def copy_checked_outputs(nb, executed):
 
 
 # ------------------------------------------------------------------------------------------------- rendering
-RENDER_KEY = "fdpg_render"  # notebook metadata of a rendering: {"preset": "cpu", "hash": render_hash(...)}
-NOTE_ID = "rendered-note"  # id of the markdown cell a rendering adds after the title
-RENDER_PRESET = "cpu"
 
 
 def _render_inputs(name: str):
