@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv demo test lab notebooks figures claims nbval nbval-update bench clean-venv
+.PHONY: venv demo test lab notebooks figures render claims nbval nbval-update bench clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ notebooks: $(STAMP)
 ## make figures: the cpu preset of every notebook: writes data/results/<experiment>/cpu and figures/<experiment>.
 figures: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py --preset cpu
+
+## make render: the cpu preset's outputs of every numbered notebook (00-08), rendered from the committed results
+## (nothing is trained; evaluation records not yet saved are computed once into data/results) and stored in place.
+render: $(STAMP)
+	$(BIN)/python scripts/render_notebooks.py
 
 ## make claims: rebuilds every verdict table in README.md and docs/RESULTS_*.md from data/results (one rule:
 ## fdpg_core/kit/verdicts.py); `scripts/make_claims.py --check` only reports what is out of date.

@@ -4,7 +4,7 @@ The code blocks are extracted from the documents; every bash command and every P
 the repository (so the committed results and figures are never touched), with the venv linked in, and must exit 0.
 Two kinds of exceptions, each stated here:
   - NOT_RUN: `make test` is the command that runs this suite (CI runs it through .ci/run); `make lab` starts a
-    server that runs until stopped; the nbval command is run by the notebook tests (the test below checks they run
+    server that runs until stopped; `make render` renders all nine notebooks (its script runs on one, as documented); the nbval command is run by the notebook tests (the test below checks they run
     the same arguments);
   - REDUCED: a long command runs at a reduced size: the same command with the stated arguments appended (only
     sweep parameters that pick fewer runs, so the committed runs are still reused), or, for a Python block, the
@@ -26,6 +26,8 @@ DOCS = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "d
 
 NOT_RUN = {"make test": "this suite itself: CI runs it (.ci/run)",
            "make lab": "starts a JupyterLab server that runs until it is stopped (tests/test_browser.py runs one)",
+           "make render": "renders all nine notebooks (minutes); the same script on one notebook, "
+                          "`scripts/render_notebooks.py --only 00`, is documented and run",
            ".venv/bin/python -m pytest --nbval-lax -p no:cacheprovider notebooks/00_toy_exact.ipynb":
                "run by tests/notebooks/test_00_toy_exact.py::test_nbval_lax_on_00_toy_exact (checked below)"}
 ONE_RUN = ["--set", "n_seeds=1", "divergences=[kl]"]  # one reused run: seed 0, forward KL

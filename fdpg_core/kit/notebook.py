@@ -7,20 +7,28 @@
     preset_fingerprint(name, preset)               (experiment, fingerprint) of the runs a preset makes
     clear_outputs(nb)                              outputs cleared, except cells marked `# NBVAL_CHECK_OUTPUT`
     copy_checked_outputs(nb, executed)             take those marked cells' outputs from an executed copy
+    rendered(nb, executed, name, ...)              an executed cpu-preset copy made committable (a rendering)
+    render_hash(nb, name) / render_problems(nb, name)  what a rendering is of, and whether it is still current
 
 The kernel is the venv's `python3` kernelspec: jupyter_client launches it with the *calling* process's
 sys.executable, so run these from the venv's python. The kernel inherits HF_HUB_OFFLINE=1,
 TOKENIZERS_PARALLELISM=false and PYTHONPATH=<repo root> (so `import fdpg_core` works from any cwd).
 
-Committed notebooks keep outputs only in the cells marked `# NBVAL_CHECK_OUTPUT`: those outputs are what
-`pytest --nbval-lax` compares a fresh run against, digit for digit, so only a cell whose output is exact (an
-enumeration, the same on every CPU and at every preset) carries the mark.
+Committed notebooks carry the outputs of their cpu preset, rendered from the committed results by
+scripts/render_notebooks.py (`make render`): no run is trained (FDPG_NO_TRAIN=1, see results.find_run), the
+parameters cell keeps the notebook's own smoke defaults, volatile metadata is dropped, a note cell says how they were
+made, and metadata.fdpg_render.hash (`render_hash`) covers the notebook's cells, its cpu preset file and every file in
+the preset's out_dir, so a test can tell a stale rendering without running anything (`render_problems`).
+`pytest --nbval-lax` compares only the cells marked `# NBVAL_CHECK_OUTPUT` with their stored output, digit for digit,
+so only a cell whose output is exact (an enumeration, the same on every CPU and at every preset) carries the mark.
 """
 from __future__ import annotations
 
 import ast
 import copy
 import difflib
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -28,10 +36,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+RENDER_KEY = "fdpg_render"  # notebook metadata of a rendering: {"preset": "cpu", "hash": render_hash(...)}
+NOTE_ID = "rendered-note"  # id of the markdown cell a rendering adds after the title
+RENDER_PRESET = "cpu"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
            "parameters_cell", "parameter_types", "parameters", "preset_file", "preset_values", "preset_fingerprint",
-           "clear_outputs", "copy_checked_outputs"]
+           "clear_outputs", "copy_checked_outputs", "RENDER_KEY", "RENDER_PRESET", "NOTE_ID", "render_hash", "rendered",
+           "render_problems"]
 
 
 def kernel_env(base: dict | None = None) -> dict:
@@ -254,6 +266,11 @@ def parameters(namespace: dict, name: str) -> dict:
         out[n] = namespace[n] = v
     if bad:
         raise ValueError(f"{name}: bad parameter value(s): " + "; ".join(bad))
+    from fdpg_core.kit.results import NO_TRAIN_ENV
+
+    if out.get("rerun") and os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"):
+        raise ValueError(f"{name}: rerun=True retrains every run, but {NO_TRAIN_ENV} is set (a rendering never "
+                         "trains); allowed: rerun=False")
     return out
 
 
@@ -309,8 +326,10 @@ def preset_fingerprint(name: str, preset: str) -> tuple[str, str]:
 def clear_outputs(nb, *, keep_checked: bool = True):
     """A copy of `nb` with every output and execution count cleared, except the outputs of cells whose
     source contains `# NBVAL_CHECK_OUTPUT` (when keep_checked; their execution_count is set to 1, which nbval
-    needs to compare them); papermill metadata dropped."""
+    needs to compare them); papermill metadata, and a rendering's note cell and metadata, dropped."""
     nb = copy.deepcopy(nb)
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != NOTE_ID]
+    nb["metadata"].pop(RENDER_KEY, None)
     for c in nb["cells"]:
         c.get("metadata", {}).pop("papermill", None)
         c.get("metadata", {}).pop("execution", None)
@@ -338,3 +357,113 @@ def copy_checked_outputs(nb, executed):
                 raise ValueError(f"copy_checked_outputs: cell {c.get('id')!r} is missing from the executed notebook")
             c["outputs"] = copy.deepcopy(ran[c["id"]]["outputs"])
     return clear_outputs(out)  # normalise: execution counts, papermill metadata
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+
+
+def _render_inputs(name: str):
+    """(preset file, every file of the preset's out_dir) that a rendering of notebooks/<name>.ipynb reads."""
+    preset = NOTEBOOK_DIR / "params" / f"{name}.{RENDER_PRESET}.yaml"
+    out_dir = REPO_ROOT / str(preset_file(name, RENDER_PRESET)["out_dir"])
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")) \
+        if out_dir.is_dir() else []
+    return preset, files
+
+
+def render_hash(nb, name: str) -> str:
+    """sha256 of the notebook's cells (type and source, the rendering's note left out), its cpu preset file and
+    every file (path and bytes) in that preset's out_dir: what a rendering shows is a function of these."""
+    h = hashlib.sha256()
+    cells = [[c["cell_type"], _source(c)] for c in nb["cells"] if c.get("id") != NOTE_ID]
+    h.update(json.dumps(cells, ensure_ascii=False).encode())
+    preset, files = _render_inputs(name)
+    h.update(preset.read_bytes())
+    for f in files:
+        h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _note(name: str):
+    import nbformat
+
+    text = (f"*Outputs rendered from the committed results of the `{RENDER_PRESET}` preset "
+            f"(`notebooks/params/{name}.{RENDER_PRESET}.yaml`, runs and evaluation records in its `out_dir`): nothing "
+            "was trained to make them. `make render` renders them again; `python scripts/run_notebooks.py --preset "
+            f"{RENDER_PRESET} --only {name[:2]}` reruns the notebook at that preset, reusing the saved runs. The "
+            "parameters cell shows the notebook's own (smoke) defaults.*")
+    return nbformat.v4.new_markdown_cell(text, id=NOTE_ID)
+
+
+def rendered(nb, executed, name: str, replace: dict | None = None):
+    """The committable rendering of notebook `nb` from `executed` (its papermill run at the cpu preset): papermill's
+    injected-parameters cell removed (the parameters cell keeps the smoke defaults), each cell's source and metadata
+    as in `nb`, execution counts renumbered 1, 2, ... over the code cells, text outputs with each `replace` key
+    (e.g. a temp dir, the repo root) replaced by its value, the notebook's metadata as in `nb` plus
+    metadata.fdpg_render, and the note cell after the title."""
+    nb = clear_outputs(nb, keep_checked=False)
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != NOTE_ID]
+    ran = {c.get("id"): c for c in executed["cells"]
+           if "injected-parameters" not in c.get("metadata", {}).get("tags", [])}
+    count = 0
+    for c in nb["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        if c.get("id") not in ran:
+            raise ValueError(f"rendered: cell {c.get('id')!r} of {name} is missing from the executed notebook")
+        outputs = copy.deepcopy(ran[c["id"]].get("outputs", []))
+        count += 1
+        c["execution_count"] = count
+        for o in outputs:
+            if "execution_count" in o:
+                o["execution_count"] = count
+            o.get("metadata", {}).pop("papermill", None)
+            for key in ("text", "traceback"):
+                if key in o:
+                    o[key] = _replaced(o[key], replace or {})
+            for mime, v in o.get("data", {}).items():
+                if mime.startswith("text/"):
+                    o["data"][mime] = _replaced(v, replace or {})
+        c["outputs"] = outputs
+    nb["cells"].insert(1, _note(name))
+    nb["metadata"][RENDER_KEY] = {"preset": RENDER_PRESET, "hash": render_hash(nb, name)}
+    return nb
+
+
+def _replaced(text, replace: dict):
+    if isinstance(text, list):
+        return [_replaced(t, replace) for t in text]
+    for old, new in sorted(replace.items(), key=lambda kv: -len(kv[0])):  # longest first
+        text = text.replace(old, new)
+    return text
+
+
+_VOLATILE_NB = ("papermill",)
+_VOLATILE_CELL = ("papermill", "execution")
+
+
+def render_problems(nb, name: str) -> list[str]:
+    """Why notebook `nb` (notebooks/<name>.ipynb as committed) is not a current rendering of its cpu preset: no
+    rendering, a stored hash that no longer matches the cells, preset file and results, an error output, volatile
+    metadata, the injected-parameters cell or the note missing. [] when it is current."""
+    info = nb["metadata"].get(RENDER_KEY)
+    if not isinstance(info, dict) or "hash" not in info:
+        return ["no rendered outputs (metadata.fdpg_render is missing)"]
+    out = []
+    if info["hash"] != render_hash(nb, name):
+        out.append("the rendering is stale: its cells, its cpu preset file or the files in its out_dir changed since")
+    if not nb["cells"] or len(nb["cells"]) < 2 or nb["cells"][1].get("id") != NOTE_ID:
+        out.append(f"the note cell ({NOTE_ID!r}) is not the second cell")
+    out += [f"volatile notebook metadata {k!r}" for k in _VOLATILE_NB if k in nb["metadata"]]
+    for c in nb["cells"]:
+        cid = c.get("id")
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []):
+            out.append(f"papermill's injected-parameters cell {cid!r} is still there")
+        out += [f"volatile metadata {k!r} in cell {cid!r}" for k in _VOLATILE_CELL if k in c.get("metadata", {})]
+        if c["cell_type"] == "code":
+            if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+                out.append(f"cell {cid!r} has an error output")
+            if c.get("outputs") and c.get("execution_count") is None:
+                out.append(f"cell {cid!r} has outputs but no execution count")
+    return out

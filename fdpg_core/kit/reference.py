@@ -12,6 +12,11 @@ Two sources of samples, two kinds of metric:
                       −E_π[log π], KL(π‖p) = E_π[log π − log P] + log Z (when Z is given; +inf where P = 0),
                       and the diversity of the texts (`diversity_metrics`).
 
+`ReferenceSample.summary()` keeps what a notebook shows of a sample without its tensors (log Ẑ, ESS, moments, the
+features, the first texts) as a `ReferenceSummary`, and `cached_reference` saves it as an evaluation record
+(results.save_record) and hands it back on the next run instead of drawing the sample again, unless a run still
+has to be trained (training needs the sample itself).
+
 `metrics_fn(...)` combines both into the callable `train(..., metrics_fn=...)` evaluates every `eval_every` steps.
 Everything runs under no_grad in eval mode; seeded generators make every number reproducible on a CPU.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,8 +35,8 @@ from fdpg_core.kit.diversity import distinct_n, self_bleu
 from fdpg_core.estimators import ess, is_divergence, log_Z_hat
 from fdpg_core.targets import Target, _eval_mode
 
-__all__ = ["ReferenceSample", "sample_policy", "score_policy", "policy_metrics", "diversity_metrics",
-           "two_sample_js_tv", "metrics_fn"]
+__all__ = ["ReferenceSample", "ReferenceSummary", "cached_reference", "sample_policy", "score_policy",
+           "policy_metrics", "diversity_metrics", "two_sample_js_tv", "metrics_fn"]
 
 DISTINCT_N = (1, 2, 3)
 SELF_BLEU_N = (3, 4, 5)
@@ -154,6 +159,142 @@ class ReferenceSample:
         """The first k texts (of the rows where `where` is True)."""
         idx = torch.arange(len(self)) if where is None else where.nonzero().squeeze(1)
         return [self.samples.texts[i] for i in idx[:k].tolist()]
+
+    def summary(self, n_texts: int = 0, where: Tensor | None = None, log_w: bool = False) -> "ReferenceSummary":
+        """What the notebooks show of this sample, without its tensors: log Ẑ, ESS, moments, base means, every
+        feature value, and the texts of the first n_texts rows and of the first n_texts rows where `where` (bool
+        (N,)) is True (no texts when the samples were not decoded); with log_w, also the weights log P/q (N,)."""
+        rows = list(range(min(n_texts, len(self))))
+        if where is not None:
+            rows += where.nonzero().squeeze(1)[:n_texts].tolist()
+        texts = {i: self.samples.texts[i] for i in sorted(set(rows))} if self.samples.texts else {}
+        return ReferenceSummary(n=len(self), log_Z=self.log_Z, exact_Z=self.exact_Z, ess_n=self.ess(),
+                                ess_frac=self.ess(fraction=True), moment=self.moments(), base_mean=self.base_means(),
+                                features={k: v.clone() for k, v in self.features.items()}, stored_texts=texts,
+                                log_w=self.log_w.clone() if log_w else None)
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceSummary:
+    """The summaries of a ReferenceSample (`ReferenceSample.summary`), read back from an evaluation record: the
+    same log_Z, ess, moments, base_means, features, texts and len, but no samples, so no `divergences` or
+    `rescore` (those need `ReferenceSample.draw`)."""
+
+    n: int
+    log_Z: float
+    exact_Z: bool
+    ess_n: float
+    ess_frac: float
+    moment: dict
+    base_mean: dict
+    features: dict  # name -> (N,) float tensor
+    stored_texts: dict  # row -> text, for the rows the summary kept
+    log_w: Tensor | None = None  # (N,) log P/q, when kept
+
+    def __len__(self) -> int:
+        return self.n
+
+    def ess(self, fraction: bool = False) -> float:
+        return self.ess_frac if fraction else self.ess_n
+
+    def moments(self) -> dict[str, float]:
+        return dict(self.moment)
+
+    def base_means(self) -> dict[str, float]:
+        return dict(self.base_mean)
+
+    def texts(self, k: int, where: Tensor | None = None) -> list[str]:
+        """The first k texts (of the rows where `where` is True), when the summary kept them."""
+        idx = torch.arange(self.n) if where is None else where.nonzero().squeeze(1)
+        idx = idx[:k].tolist()
+        missing = [i for i in idx if i not in self.stored_texts]
+        if missing:
+            raise ValueError(f"ReferenceSummary.texts: rows {missing} asked for, but the summary kept the texts of "
+                             f"{len(self.stored_texts)} rows; allowed: the rows it kept (save the record again with a "
+                             "larger n_texts or another texts_where: rerun=True)")
+        return [self.stored_texts[i] for i in idx]
+
+    def divergences(self, *args, **kwargs):
+        raise ValueError("ReferenceSummary.divergences: a summary has no samples to score a policy on; allowed: a "
+                         "ReferenceSample (cached_reference(..., need_samples=True) draws it)")
+
+    def rescore(self, *args, **kwargs):
+        raise ValueError("ReferenceSummary.rescore: a summary has no samples; allowed: a ReferenceSample")
+
+    def to_record(self, with_rows: bool = True) -> dict:
+        """A JSON-able dict; with_rows=False leaves out the per-row features and texts (a rescored sample's are
+        its reference's, see `from_record`'s `rows_of`)."""
+        d = {"n": self.n, "log_Z": self.log_Z, "exact_Z": self.exact_Z, "ess": self.ess_n, "ess_frac": self.ess_frac,
+             "moments": self.moment, "base_means": self.base_mean}
+        if with_rows:
+            d.update(features={k: v.tolist() for k, v in self.features.items()},
+                     texts={str(i): t for i, t in self.stored_texts.items()})
+            if self.log_w is not None:  # −inf (P = 0) is stored as None, like every non-finite value
+                d["log_w"] = self.log_w.tolist()
+        return d
+
+    @classmethod
+    def from_record(cls, d: dict, rows_of: "ReferenceSummary | None" = None) -> "ReferenceSummary":
+        """Read back `to_record`; the features and texts from `rows_of` when given (the same sample, rescored)."""
+        nan = _num
+        feats = rows_of.features if rows_of is not None else \
+            {k: torch.tensor([nan(x) for x in v], dtype=torch.float32) for k, v in d["features"].items()}
+        return cls(n=int(d["n"]), log_Z=nan(d["log_Z"]), exact_Z=bool(d["exact_Z"]), ess_n=nan(d["ess"]),
+                   ess_frac=nan(d["ess_frac"]), moment={k: nan(v) for k, v in d["moments"].items()},
+                   base_mean={k: nan(v) for k, v in d["base_means"].items()}, features=feats,
+                   stored_texts=rows_of.stored_texts if rows_of is not None else
+                   {int(i): t for i, t in d["texts"].items()},
+                   log_w=None if "log_w" not in d else
+                   torch.tensor([-math.inf if x is None else float(x) for x in d["log_w"]], dtype=torch.float32))
+
+
+def _num(x) -> float:
+    """A stored number: None (how a record stores a non-finite value) → NaN."""
+    return math.nan if x is None else float(x)
+
+
+def cached_reference(out_dir, name: str, params: dict, draw: Callable[[], ReferenceSample], *,
+                     rescore: dict | None = None, need_samples: bool, rerun: bool = False, n_texts: int = 0,
+                     texts_where: str | None = None, keep_log_w: bool = False):
+    """(ref, {key: ref.rescore(target)} for each key, target of `rescore`), the reference sample a notebook draws
+    with `draw()` (no argument), cached as the evaluation record <out_dir>/reference/<name>-<fingerprint>.json
+    (results.save_record; `params`: every parameter that changes the sample or its scores, e.g. the base model,
+    n_ref, max_new_tokens, problem_seed and the targets' parameters).
+
+    need_samples (some run is still to be trained, whose metrics need the sample): always drawn, and the record
+    written when missing (or rerun). Otherwise the saved summaries (`ReferenceSummary`) are returned when the
+    record exists and rerun is False; else the sample is drawn and its summaries saved and returned. The summaries
+    keep the texts of the first n_texts rows, and of the first n_texts rows whose feature `texts_where` is > 0, and
+    with keep_log_w the weights log P/q of every row (`log_w`, e.g. to fit λ again)."""
+    from fdpg_core.kit import results
+
+    rescore = dict(rescore or {})
+    key = {**params, "rescore": sorted(rescore), "n_texts": int(n_texts), "texts_where": texts_where}
+    key.update({"keep_log_w": True} if keep_log_w else {})
+    saved = None if rerun else results.load_record(out_dir, "reference", name, params=key)
+    if saved is not None and not need_samples and set(saved) == {"ref", "rescored"}:
+        try:
+            return _summaries(saved, rescore)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            import warnings
+            warnings.warn(f"cached_reference: record {name!r} is malformed ({e}); drawing the sample again",
+                          stacklevel=2)
+            saved = None
+    ref = draw()
+    other = {k: ref.rescore(t) for k, t in rescore.items()}
+    if saved is None:
+        where = None if texts_where is None else ref.features[texts_where] > 0  # (N,)
+        results.save_record(out_dir, "reference", name, params=key, data={
+            "ref": ref.summary(n_texts, where, log_w=keep_log_w).to_record(),
+            "rescored": {k: r.summary().to_record(with_rows=False) for k, r in other.items()}})
+    if need_samples:
+        return ref, other
+    return _summaries(results.load_record(out_dir, "reference", name, params=key), rescore)  # as the next run will
+
+
+def _summaries(saved: dict, rescore: dict):
+    ref = ReferenceSummary.from_record(saved["ref"])
+    return ref, {k: ReferenceSummary.from_record(saved["rescored"][k], rows_of=ref) for k in rescore}
 
 
 # ----------------------------------------------------------------------------------------------- on-policy metrics

@@ -14,6 +14,15 @@ experiments and parameter sets without mixing them: `load_runs(dir, experiment=.
 the matching runs (and says how many it skipped), and `find_run` lets a notebook reuse a run instead of
 training it again.
 
+Evaluation records: what a notebook computes at a preset that is not a training run but takes long (a reference
+sample of a, evaluations of the base model) is saved once by `save_record` as a small JSON of summaries,
+<out_dir>/<kind>/<name>-<fingerprint>.json, the fingerprint covering every parameter that changes it, and read back
+by `load_record` instead of being computed again. Run files and records are written atomically; an unreadable one is
+skipped with a warning naming it.
+
+Rendering (scripts/render_notebooks.py) sets FDPG_NO_TRAIN=1: `find_run` then raises instead of returning None, so
+a rendering never trains a run that is not saved.
+
 Figures and tables are rebuilt from these files only: `load_runs` → `history_frame` (one row per history
 record, with `samples_seen`) / `final_frame` (one row per run) → `plot_curves`, `mean_std`, `write_table`;
 `show_table` displays a table in the notebook (HTML, with a Markdown text/plain for logs).
@@ -41,9 +50,9 @@ import pandas as pd
 
 __all__ = ["DIVERGENCE_COLORS", "REPO_ROOT", "divergence_color", "divergence_label", "sort_divergences",
            "output_dirs", "PRESENTATION_PARAMS", "fingerprint", "run_filename", "save_run", "load_runs",
-           "find_run", "history_frame", "final_frame", "mean_std",
-           "format_mean_std", "FIG_WIDTH", "MAX_COLS", "panel_grid", "seeds_phrase", "plot_curves", "save_figure",
-           "write_table", "to_markdown", "table_html", "show_table"]
+           "find_run", "NO_TRAIN_ENV", "record_path", "save_record", "load_record", "history_frame", "final_frame",
+           "mean_std", "format_mean_std", "FIG_WIDTH", "MAX_COLS", "panel_grid", "seeds_phrase", "plot_curves",
+           "save_figure", "write_table", "to_markdown", "table_html", "show_table"]
 
 VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +183,11 @@ def save_run(out_dir, *, experiment: str, divergence: str, seed: int, config: di
            "params": params or {}, "setting": setting, "divergence": str(divergence), "seed": int(seed),
            "config": config, "history": history, "final": final, "arrays": arrays or {}}
     path = Path(out_dir) / run_filename(divergence, seed, setting, experiment=experiment, fingerprint=fingerprint)
+    return _write_json(path, rec)
+
+
+def _write_json(path: Path, rec: dict) -> Path:
+    """Write `rec` (cleaned by `_clean`) to `path` atomically: a temp file beside it, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_clean(rec), allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -239,12 +253,52 @@ def find_run(results_dir, *, experiment: str, fingerprint: str, setting: str | N
     """The path of the saved run of (setting, divergence, seed) made by `experiment` with `fingerprint`, if a
     readable one is in `results_dir` (its file name is checked first, then its contents), else None."""
     path = Path(results_dir) / run_filename(divergence, seed, setting, experiment=experiment, fingerprint=fingerprint)
-    if not path.exists():
-        return None
-    r = _read_run(path)
+    r = _read_run(path) if path.exists() else None
     ok = r is not None and (r["experiment"], r.get("fingerprint"), r["setting"], r["divergence"], r["seed"]) == \
         (experiment, fingerprint, setting, str(divergence), int(seed))
+    if not ok and os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"):
+        raise RuntimeError(f"{NO_TRAIN_ENV}={os.environ[NO_TRAIN_ENV]} (a rendering never trains): the run "
+                           f"{path.name} is not saved in {results_dir}; train it first with scripts/run_notebooks.py "
+                           "at this preset")
     return path if ok else None
+
+
+NO_TRAIN_ENV = "FDPG_NO_TRAIN"  # set (not "" or "0"): find_run raises where a notebook would train (a rendering)
+
+
+def record_path(out_dir, kind: str, name: str, fingerprint: str) -> Path:
+    """<out_dir>/<kind>/<name>-<fingerprint>.json: an evaluation record (e.g. kind 'reference')."""
+    for what, v in (("kind", kind), ("name", name)):
+        if not re.fullmatch(r"[A-Za-z0-9_.+=-]+", str(v)):
+            raise ValueError(f"record_path: {what}={v!r}; allowed: letters, digits and _ . + = -")
+    return Path(out_dir) / kind / f"{name}-{fingerprint}.json"
+
+
+def save_record(out_dir, kind: str, name: str, *, params: dict, data: dict) -> Path:
+    """Write an evaluation record (atomically) and return its path: `data` (numbers, str, lists, dicts; floats kept
+    to FLOAT_DIGITS) under the fingerprint of `params`, every parameter that changes it (see `fingerprint`)."""
+    fp = fingerprint(params)
+    rec = {"version": VERSION, "kind": kind, "name": name, "fingerprint": fp, "params": params, "data": data}
+    return _write_json(record_path(out_dir, kind, name, fp), rec)
+
+
+def load_record(out_dir, kind: str, name: str, *, params: dict) -> dict | None:
+    """The `data` of the record saved by `save_record` with the same kind, name and `params` fingerprint, or None
+    when there is none; an unreadable or mismatched file is skipped with a warning naming it (then None)."""
+    fp = fingerprint(params)
+    path = record_path(out_dir, kind, name, fp)
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warnings.warn(f"results: skipped {path}: not a readable JSON file ({e})", stacklevel=2)
+        return None
+    if not isinstance(rec, dict) or (rec.get("kind"), rec.get("name"), rec.get("fingerprint")) != (kind, name, fp) \
+            or not isinstance(rec.get("data"), dict):
+        warnings.warn(f"results: skipped {path}: not a {kind} record {name!r} with fingerprint {fp}", stacklevel=2)
+        return None
+    return rec["data"]
 
 
 def history_frame(runs: list[dict]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import torch
 
 from fdpg_core.kit import reference, toy
 from fdpg_core.divergences import exact_divergence
+from fdpg_core.targets import Target
 
 
 def _draw(pb, model, n, seed=0, **kw):
@@ -94,3 +95,53 @@ def test_diversity_metrics_on_known_texts():
     assert same["distinct/1"] == pytest.approx(5 / 20) and same["self_bleu/4"] == pytest.approx(1.0)
     diff = reference.diversity_metrics(["a b c d", "e f g h", "i j k l"])
     assert diff["distinct/2"] == pytest.approx(1.0) and diff["self_bleu/3"] == pytest.approx(0.0)
+
+
+def test_cached_reference_saves_summaries_and_reuses_them_instead_of_drawing(tmp_path):
+    """The first call draws and saves a record; the next returns its summaries without drawing (same numbers, to the
+    7 stored digits) unless samples are needed (a run to train) or rerun; other parameters are another record."""
+    pb = toy.make_toy_problem("binary", seed=1)
+    draws = []
+
+    def draw():
+        draws.append(1)
+        return _draw(pb, pb.target.base, 500)
+
+    other = Target(pb.target.base, pb.target.factors)  # a second target object: the same sample rescored
+    kw = dict(rescore={"p": other}, n_texts=5)  # the toy has no tokenizer: no texts are decoded, none kept
+    ref, resc = reference.cached_reference(tmp_path, "toy-a", {"n": 500}, draw, need_samples=False, **kw)
+    assert len(draws) == 1 and isinstance(ref, reference.ReferenceSummary) and set(resc) == {"p"}
+    exact = _draw(pb, pb.target.base, 500)
+    assert ref.log_Z == pytest.approx(exact.log_Z, rel=1e-6) and ref.ess() == pytest.approx(exact.ess(), rel=1e-6)
+    assert ref.moments() == pytest.approx(exact.moments(), rel=1e-6) and len(ref) == 500
+    assert ref.base_means() == pytest.approx(exact.base_means(), rel=1e-6)
+    feat = next(iter(exact.features))
+    assert torch.equal(ref.features[feat], exact.features[feat])  # 0/1 features: exact
+    assert ref.texts(0) == []
+    with pytest.raises(ValueError, match=r"rows \[0\] asked for, but the summary kept the texts of 0 rows"):
+        ref.texts(1)
+    with pytest.raises(ValueError, match="no samples"):
+        ref.divergences(pb.target.base)
+    again, _ = reference.cached_reference(tmp_path, "toy-a", {"n": 500}, draw, need_samples=False, **kw)
+    assert len(draws) == 1 and again.log_Z == ref.log_Z and again.moments() == ref.moments()
+    full, resc = reference.cached_reference(tmp_path, "toy-a", {"n": 500}, draw, need_samples=True, **kw)
+    assert len(draws) == 2 and isinstance(full, reference.ReferenceSample)
+    assert isinstance(resc["p"], reference.ReferenceSample)
+    reference.cached_reference(tmp_path, "toy-a", {"n": 500}, draw, need_samples=False, rerun=True, **kw)
+    reference.cached_reference(tmp_path, "toy-a", {"n": 501}, draw, need_samples=False, **kw)
+    assert len(draws) == 4 and len(list((tmp_path / "reference").glob("toy-a-*.json"))) == 2
+
+
+def test_summary_keeps_the_first_texts_and_those_where_a_feature_holds():
+    pb = toy.make_toy_problem("binary", seed=1)
+    ref = _draw(pb, pb.target.base, 300)
+    ref.samples.texts = [f"text {i}" for i in range(300)]  # as decoded by a tokenizer
+    feat = next(iter(ref.features))
+    hit = ref.features[feat] > 0  # (N,)
+    summ = reference.ReferenceSummary.from_record(ref.summary(2, where=hit).to_record())
+    assert summ.texts(2) == ref.texts(2) and summ.texts(2, hit) == ref.texts(2, hit)
+    assert set(summ.stored_texts) == {0, 1} | set(hit.nonzero().squeeze(1)[:2].tolist())
+    with pytest.raises(ValueError, match="rows .* asked for"):
+        summ.texts(3, ~hit)  # a third row without the feature: never kept
+    kept = reference.ReferenceSummary.from_record(ref.summary(log_w=True).to_record())
+    assert torch.equal(kept.log_w, ref.log_w) and (ref.log_w == -math.inf).any()  # −inf (b = 0) survives JSON

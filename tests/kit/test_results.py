@@ -232,3 +232,37 @@ def test_find_run_reuses_only_the_same_experiment_parameters_and_run(tmp_path):
     path.write_text(path.read_text()[:40])  # torn by a crash: not reused, retrained
     with pytest.warns(UserWarning, match="not a readable JSON"):
         assert results.find_run(tmp_path, **kw) is None
+
+
+def test_find_run_refuses_to_train_while_rendering(tmp_path, monkeypatch):
+    """With FDPG_NO_TRAIN set (a rendering), a run that is not saved is an error naming it, never a retraining."""
+    path = _save(tmp_path, "toy_exact", "well", "kl", 0, "aaa")
+    kw = dict(experiment="toy_exact", fingerprint="aaa", setting="well", divergence="kl", seed=0)
+    monkeypatch.setenv(results.NO_TRAIN_ENV, "1")
+    assert results.find_run(tmp_path, **kw) == path  # saved: reused as always
+    with pytest.raises(RuntimeError, match="never trains.*toy_exact__well__kl__seed1__aaa.json"):
+        results.find_run(tmp_path, **{**kw, "seed": 1})
+    monkeypatch.setenv(results.NO_TRAIN_ENV, "0")
+    assert results.find_run(tmp_path, **{**kw, "seed": 1}) is None
+
+
+def test_records_round_trip_keyed_by_the_parameters_and_skip_corrupt_files(tmp_path):
+    params = {"n_ref": 64, "problem_seed": 0, "base_model": None, "out_dir": "x"}
+    data = {"log_Z": -1.23456789, "texts": ["a b", "c"], "inf": math.inf}
+    path = results.save_record(tmp_path, "reference", "toy-a", params=params, data=data)
+    fp = results.fingerprint(params)
+    assert path == tmp_path / "reference" / f"toy-a-{fp}.json" and not list(tmp_path.rglob("*.tmp"))
+    got = results.load_record(tmp_path, "reference", "toy-a", params=params)
+    assert got == {"log_Z": -1.234568, "texts": ["a b", "c"], "inf": None}  # stored like a run: 7 digits, inf → None
+    # where files go does not change the record; every other parameter does
+    assert results.load_record(tmp_path, "reference", "toy-a", params={**params, "out_dir": "y"}) == got
+    assert results.load_record(tmp_path, "reference", "toy-a", params={**params, "n_ref": 65}) is None
+    assert results.load_record(tmp_path, "reference", "toy-b", params=params) is None
+    path.write_text(path.read_text()[:30])  # torn by a crash: skipped with a warning naming the file
+    with pytest.warns(UserWarning, match=f"toy-a-{fp}.json: not a readable JSON"):
+        assert results.load_record(tmp_path, "reference", "toy-a", params=params) is None
+    path.write_text(json.dumps({"kind": "reference", "name": "other", "fingerprint": fp, "data": {}}))
+    with pytest.warns(UserWarning, match="not a reference record 'toy-a'"):
+        assert results.load_record(tmp_path, "reference", "toy-a", params=params) is None
+    with pytest.raises(ValueError, match="name='a/b'"):
+        results.record_path(tmp_path, "reference", "a/b", fp)

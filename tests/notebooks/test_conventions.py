@@ -5,9 +5,10 @@ Static checks, for every notebooks/NN_*.ipynb (fast):
   (a) every key of every notebooks/params/*.yaml is a parameter of its notebook (papermill only warns otherwise);
   (b) the parameters cell: one `name = literal  # help` per line, parsed identically by papermill (a `=` inside a
       comment silently hides the parameter from papermill), the required parameters, smoke defaults;
-  (c) committed with outputs cleared (except 00's exact `# NBVAL_CHECK_OUTPUT` cell, nbval's reference), kernelspec
-      python3, imports only from fdpg_core / the standard library / torch, numpy, pandas, matplotlib, no `def` or
-      `class`, no `!pip`/`%pip`, no sys.path;
+  (c) committed either with outputs cleared (except 00's exact `# NBVAL_CHECK_OUTPUT` cell, nbval's reference) or
+      with a current rendering of the cpu preset (`make render`; tests/notebooks/test_rendered.py requires one),
+      never with other outputs; kernelspec python3, imports only from fdpg_core / the standard library / torch,
+      numpy, pandas, matplotlib, no `def` or `class`, no `!pip`/`%pip`, no sys.path;
   (d) the teaching notebooks (every other notebooks/*.ipynb: lesson_fdpg_step, align_your_own_model) may define
       short functions inline, where writing the code out teaches better than an import: at most
       TEACHING_DEF_LINES lines each, and no `class`.
@@ -19,8 +20,8 @@ import nbformat
 import yaml
 import pytest
 
-from fdpg_core.kit.notebook import (CHECK_MARK, NOTEBOOK_DIR, clear_outputs, copy_checked_outputs, list_notebooks,
-                                    parameters_cell)
+from fdpg_core.kit.notebook import (CHECK_MARK, NOTEBOOK_DIR, RENDER_KEY, clear_outputs, copy_checked_outputs,
+                                    list_notebooks, parameters_cell, render_problems)
 from nbsmoke import DEFAULT_DIVERGENCES, _read, _src, check_summary, summary_tables
 
 
@@ -108,7 +109,13 @@ def test_committed_clean_and_only_imports(path):
     # targets); the stochastic runs' summaries are checked with margins by the smoke tests instead
     assert len(checked) == (path.stem in EXACT_CHECKED), \
         f"NBVAL_CHECK_OUTPUT only on an exact cell, in {sorted(EXACT_CHECKED)}"
-    assert clear_outputs(nb) == nb, "commit with outputs cleared (except the NBVAL_CHECK_OUTPUT cell)"
+    if RENDER_KEY in nb.metadata:  # outputs rendered from the committed cpu results: only a current rendering
+        problems = render_problems(nb, path.stem)
+        assert not problems, f"stored outputs that are not a current rendering ({'; '.join(problems)}): run " \
+                             "`make render`, or commit the notebook with outputs cleared"
+    else:
+        assert clear_outputs(nb) == nb, "commit with outputs cleared (except the NBVAL_CHECK_OUTPUT cell) or " \
+                                        "rendered by `make render`"
     for c in checked:
         assert c.outputs and all(o.output_type == "stream" for o in c.outputs), \
             "the reference output is missing: scripts/run_notebooks.py --preset smoke --only 00 --update-checks"
