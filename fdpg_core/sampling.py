@@ -41,7 +41,7 @@ import torch
 
 from fdpg_core.fast.draw import truncate_logits
 from fdpg_core.fast.logprobs import teacher_forced_logprobs
-from fdpg_core.fast.steppers import IMPLS, _is_encoder_decoder, _resolve_impl, _sample_loop, make_stepper
+from fdpg_core.fast.steppers import _is_encoder_decoder, _resolve_impl, _sample_loop, make_stepper
 from fdpg_core.samples import Samples, bos_prompts, left_pad, repeat_prompts
 
 __all__ = ["Samples", "sample", "score", "decode", "left_pad", "repeat_prompts", "bos_prompts", "make_stepper",
