@@ -7,8 +7,10 @@
 
 smoke: the notebook's own defaults (the parameters cell), with out_dir / fig_dir redirected into a temp dir
 (or --work-dir), so the committed results and figures are never touched.
-cpu / paper: the parameters of notebooks/params/<notebook>.<preset>.yaml (as `papermill -f`); their out_dir is
-data/results/<experiment>/<preset> and fig_dir figures/<experiment>/ (relative to the repo root). A run already
+cpu / paper, or any other preset with a notebooks/params/<notebook>.<preset>.yaml file (e.g. cpu-long for 03): the
+parameters of that file (as `papermill -f`); their out_dir is data/results/<experiment>/<preset> and fig_dir
+figures/<experiment>/ (figures/<experiment>/<preset>/ for the presets beyond cpu and paper; relative to the repo root).
+A notebook without a file for the preset stops with a message naming the presets it has. A run already
 saved there with the same parameters is reused, not retrained (add `--set rerun=true` to train it again).
 --set name=value (repeatable) overrides one parameter; the value is read as YAML, like papermill's `-p`.
 Parameters are checked before anything runs: an unknown name or a bad value stops with a message.
@@ -31,10 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry poi
 import nbformat  # noqa: E402
 import yaml  # noqa: E402
 
-from fdpg_core.kit.notebook import (copy_checked_outputs, list_notebooks, preset_file, preset_values,  # noqa: E402
-                                    run_notebook)
+from fdpg_core.kit.notebook import (NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, preset_file,  # noqa: E402
+                                    preset_values, run_notebook)
 
-PRESETS = ("smoke", "cpu", "paper")
+PRESETS = ("smoke", "cpu", "paper")  # the standard ones; any preset with a notebooks/params/<nb>.<preset>.yaml file runs
+
+
+def available_presets() -> list[str]:
+    """'smoke' and every preset that has a notebooks/params/<notebook>.<preset>.yaml file."""
+    found = {p.name.split(".")[-2] for p in (NOTEBOOK_DIR / "params").glob("*.yaml")}
+    return ["smoke"] + sorted(found, key=lambda p: (p not in PRESETS, PRESETS.index(p) if p in PRESETS else 0, p))
 
 
 def preset_parameters(nb: Path, preset: str, work: Path) -> dict:
@@ -58,7 +66,8 @@ def parse_sets(items) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=PRESETS, default="smoke")
+    ap.add_argument("--preset", default="smoke",
+                    help=f"smoke, or any preset with a notebooks/params/<notebook>.<preset>.yaml file: {available_presets()}")
     ap.add_argument("--only", nargs="+", help="notebook prefixes or names, e.g. 00 01_scalar_preference")
     ap.add_argument("--work-dir", type=Path, help="where executed notebooks (and smoke results) go; default: temp dir")
     ap.add_argument("--update-checks", action="store_true",
@@ -67,6 +76,8 @@ def main(argv=None) -> int:
                     help="override parameters, e.g. --set lr=1e-4 'divergences=[js, kl]' (values read as YAML)")
     ap.add_argument("--log-output", action="store_true", help="stream cell outputs to the terminal")
     args = ap.parse_args(argv)
+    if args.preset not in available_presets():
+        ap.error(f"--preset {args.preset!r}: no notebooks/params/*.{args.preset}.yaml file; allowed: {available_presets()}")
     if args.update_checks and args.preset != "smoke":
         ap.error("--update-checks needs --preset smoke (nbval runs the notebooks at their defaults)")
     try:
