@@ -3,6 +3,7 @@
     ContextSet               C prompts ids/mask (C, Tp) left padded, the context texts, optional reference texts
     trim_left(ids, mask)     drop the leading columns that are padding in every row
     bos_contexts(n)          n prompts of just <|bos|> (unconditional tasks)
+    instruction_contexts(..) one prompt per instruction, through the tokenizer's chat template (an instruct LM)
     summary_contexts(...)    "{article}\\nTL;DR:" prompts of the zoo's news-summary model (Lee articles with SmolLM2
                              references, or generated reports) or "summarize: {article}" prompts of T5 (CNN/DailyMail)
     code_contexts(...)       signature (+ docstring) prompts: stdlib held-out functions, HumanEval
@@ -28,8 +29,8 @@ from fdpg_core.kit import zoo
 from fdpg_core.kit.scorers import _pick
 from fdpg_core.sampling import bos_prompts, left_pad
 
-__all__ = ["ContextSet", "trim_left", "bos_contexts", "summary_contexts", "code_contexts", "zoo_prompts",
-           "task_prompts"]
+__all__ = ["ContextSet", "trim_left", "bos_contexts", "instruction_contexts", "summary_contexts", "code_contexts",
+           "zoo_prompts", "task_prompts"]
 
 
 def trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,6 +94,29 @@ def bos_contexts(n: int = 1, name: str = "bos") -> ContextSet:
     """n prompts of just <|bos|> (unconditional tasks; train() takes one row, C = 1); contexts are ""."""
     ids, mask = bos_prompts(n, zoo.BOS_ID)
     return ContextSet(name, ids, mask, [""] * n)
+
+
+def instruction_contexts(instructions: Sequence[str], tokenizer, name: str = "instruction") -> ContextSet:
+    """One prompt per instruction, so that the continuation is the model's answer: the tokenizer's chat template
+    (its default system message, the instruction as the user's message, then the assistant's header) when it has
+    one, as SmolLM2-135M-Instruct's; without a chat template, BOS (if any) followed by the instruction's tokens.
+    Left padded with the tokenizer's pad id (its EOS id when it has none); contexts are the instructions."""
+    if isinstance(instructions, str) or not instructions or not all(isinstance(t, str) and t.strip()
+                                                                    for t in instructions):
+        raise ValueError(f"instruction_contexts: instructions={instructions!r}; allowed: a non-empty list of "
+                         "non-empty strings")
+    rows = []
+    for text in instructions:
+        if getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # transformers 5 returns a BatchEncoding
+        else:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            ids = bos + tokenizer.encode(text, add_special_tokens=False)
+        rows.append([int(i) for i in ids])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = left_pad(rows, pad)
+    return ContextSet(name, ids, mask, list(instructions))
 
 
 def summary_contexts(name: str, split: str, n: int | None = None, *, tokenizer, source: str = "lee",

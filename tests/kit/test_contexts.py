@@ -72,3 +72,14 @@ def test_unknown_names_list_the_allowed_ones(tok):
         contexts.task_prompts("toxicity")
     with pytest.raises(ValueError, match=r"fits max_prompt_tokens=2"):
         contexts.code_contexts("x", "test", tokenizer=tok, max_prompt_tokens=2)
+
+
+def test_instruction_contexts_without_a_chat_template_are_bos_and_the_text(tok):
+    cs = contexts.instruction_contexts(["a review", "write a much longer review of a film"], tok)
+    for row, m, text in zip(cs.ids, cs.mask, cs.contexts):
+        real = row[m.bool()].tolist()
+        assert real == [zoo.BOS_ID] + tok.encode(text, add_special_tokens=False)
+    assert cs.mask[0, 0] == 0 and cs.mask[1].all()  # left padded to the longer one
+    for bad in ("one string", [], [""]):
+        with pytest.raises(ValueError, match="instructions="):
+            contexts.instruction_contexts(bad, tok)

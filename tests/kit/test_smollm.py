@@ -78,3 +78,19 @@ def test_sampler_log_probs_match_teacher_forcing(loaded):
     s = sampling.sample(model, ids, mask, max_new_tokens=6, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id, generator=g)
     assert torch.allclose(s.log_q, sampling.score(model, s), atol=1e-4)
+
+
+def test_instruction_prompt_is_the_chat_template_so_the_model_answers(loaded):
+    """instruction_contexts on SmolLM2: the prompt ends with the assistant's header, and the instruct model's greedy
+    answer to a review request is a review (it talks about a film), not a continuation of the user's text."""
+    from fdpg_core.kit.contexts import instruction_contexts
+
+    model, tok = loaded
+    cs = instruction_contexts(["Write a short movie review."], tok)
+    text = tok.decode(cs.ids[0])
+    assert "<|im_start|>user\nWrite a short movie review.<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n"), text
+    with torch.no_grad():
+        out = model.generate(cs.ids, attention_mask=cs.mask, max_new_tokens=24, do_sample=False)
+    answer = tok.decode(out[0, cs.ids.shape[1]:], skip_special_tokens=True).lower()
+    assert any(w in answer for w in ("movie", "film", "title")), answer
