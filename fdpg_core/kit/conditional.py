@@ -314,7 +314,7 @@ def train_and_evaluate(base, target, sets: Mapping[str, ContextSet], *, tokenize
                                               setting=setting, divergence=name, seed=s):
                 continue  # saved before with the same parameters: reused, not retrained
             policy = copy.deepcopy(base)
-            cfg = FDPGConfig(divergence=get_divergence(name), seed=s, progress=False, **train_kw)
+            cfg = FDPGConfig(divergence=get_divergence(name), seed=s, **{"progress": False, **train_kw})
             curve = PeriodicEval([sets[k] for k in heldout], scorers, entity_scorers=entity_scorers,
                                  skip=(0, cfg.n_steps), metrics=curve_metrics, n_per_context=eval_curve_samples,
                                  **eval_kw)

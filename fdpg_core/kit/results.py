@@ -8,7 +8,7 @@ One JSON per (setting, divergence, seed) run, written by `save_run`:
 
 The fingerprint is a hash of every notebook parameter that changes a run's numbers (`fingerprint`): the
 parameters that only say where files go or how things are shown (out_dir, fig_dir, preset, rerun, torch_threads,
-device, smooth) and the sweep lists that name which runs to make (divergences, seeds, tasks, ...) are left out,
+device, smooth, progress) and the sweep lists that name which runs to make (divergences, seeds, tasks, ...) are left out,
 since a run's own setting, divergence and seed are stored beside it. So a folder can hold the runs of several
 experiments and parameter sets without mixing them: `load_runs(dir, experiment=..., fingerprint=...)` returns only
 the matching runs (and says how many it skipped), and `find_run` lets a notebook reuse a run instead of
@@ -122,7 +122,8 @@ def output_dirs(out_dir, fig_dir, experiment: str) -> tuple[Path, Path]:
 
 
 # notebook parameters that never change a run's numbers: where files go and how results are shown
-PRESENTATION_PARAMS = frozenset({"out_dir", "fig_dir", "preset", "rerun", "torch_threads", "device", "smooth"})
+PRESENTATION_PARAMS = frozenset({"out_dir", "fig_dir", "preset", "rerun", "torch_threads", "device", "smooth",
+                                 "progress"})
 
 
 def fingerprint(params: dict, *, sweep=()) -> str:

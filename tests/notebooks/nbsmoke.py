@@ -44,7 +44,20 @@ def run_smoke(name, tmp_path, **parameters):
     ran = run_notebook(path, tmp_path / f"{name}.ipynb", {**parameters, "out_dir": str(out), "fig_dir": str(figs)})
     runs = {(r["setting"], r["divergence"], r["seed"]): r for r in results.load_runs(out)}
     check_summary(ran, runs)
+    bars = progress_bars(ran)  # progress = True (the default): one bar per run trained, naming its divergence
+    if params["progress"][0]:
+        assert sorted(bars) == sorted(f"f-DPG[{r['config']['divergence']}]" for r in runs.values()), bars
+    else:
+        assert not bars, bars
     return params, runs, figs
+
+
+def progress_bars(nb) -> list[str]:
+    """The descriptions of the training progress bars an executed notebook showed (train's tqdm: a widget whose
+    text/plain twin starts 'f-DPG[<divergence>]:')."""
+    texts = [o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if o.output_type == "display_data"]
+    return [t.split(":")[0] for t in texts if t.startswith("f-DPG[")]
 
 
 def summary_tables(nb) -> list[list[list[str]]]:

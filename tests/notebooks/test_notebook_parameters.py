@@ -71,6 +71,8 @@ def test_parameters_are_typed_and_presets_are_valid(path):
     untyped = [k for k, v in seen.items() if v["inferred_type_name"] in ("None", None)]
     assert not untyped, f"parameters without a type annotation: {untyped}"
     assert "rerun" in seen and seen["rerun"]["default"] == "False"
+    # a progress bar per training run by default; it changes no number, so it is not in the runs' fingerprint
+    assert seen["progress"]["default"] == "True" and "progress" in results.PRESENTATION_PARAMS
     for preset_file in sorted((NOTEBOOK_DIR / "params").glob(f"{path.stem}.*.yaml")):
         preset = preset_file.name.split(".")[-2]
         assert preset_values(path.stem, preset)["preset"] == preset  # raises on an unknown key or a bad value
