@@ -306,7 +306,8 @@ def preset_values(name: str, preset: str, overrides: dict | None = None) -> dict
 
 def preset_fingerprint(name: str, preset: str) -> tuple[str, str]:
     """(experiment, fingerprint) of the runs notebooks/<name>.ipynb makes at `preset`, read from its own source:
-    its `EXPERIMENT = "..."` line and its `results.fingerprint(P, sweep=[...])` call."""
+    its `EXPERIMENT = "..."` line and its `results.fingerprint(P, sweep=[...], added={...})` call (literal
+    arguments)."""
     import nbformat
 
     from fdpg_core.kit import results
@@ -320,7 +321,8 @@ def preset_fingerprint(name: str, preset: str) -> tuple[str, str]:
         raise ValueError(f"{name}: expected one EXPERIMENT = \"...\" line and one results.fingerprint(...) call, "
                          f"found {len(experiments)} and {len(calls)}")
     sweep = ast.literal_eval(next((k.value for k in calls[0].keywords if k.arg == "sweep"), ast.List([])))
-    return experiments[0], results.fingerprint(preset_values(name, preset), sweep=sweep)
+    added = ast.literal_eval(next((k.value for k in calls[0].keywords if k.arg == "added"), ast.Dict([], [])))
+    return experiments[0], results.fingerprint(preset_values(name, preset), sweep=sweep, added=added)
 
 
 def clear_outputs(nb, *, keep_checked: bool = True):

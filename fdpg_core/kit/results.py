@@ -126,15 +126,18 @@ PRESENTATION_PARAMS = frozenset({"out_dir", "fig_dir", "preset", "rerun", "torch
                                  "progress"})
 
 
-def fingerprint(params: dict, *, sweep=()) -> str:
+def fingerprint(params: dict, *, sweep=(), added=None) -> str:
     """12 hex digits identifying the parameters that change a run's numbers: `params` (a notebook's parameters)
     without PRESENTATION_PARAMS and without the `sweep` names (the lists that say which runs to make, e.g.
     divergences, seed, n_seeds, tasks), hashed from canonical JSON (sorted keys, 7 significant digits per float,
-    as stored; 1 and 1.0 hash alike)."""
-    unknown = sorted(set(sweep) - set(params))
-    if unknown:
-        raise ValueError(f"fingerprint: sweep names {unknown} are not parameters; allowed: {sorted(params)}")
-    kept = {k: v for k, v in params.items() if k not in PRESENTATION_PARAMS and k not in set(sweep)}
+    as stored; 1 and 1.0 hash alike). `added` ({name: default}) names parameters a notebook gained after runs
+    were saved: each is left out while it holds that default, so those runs keep their fingerprint."""
+    for what, names in (("sweep", sweep), ("added", added or {})):
+        unknown = sorted(set(names) - set(params))
+        if unknown:
+            raise ValueError(f"fingerprint: {what} names {unknown} are not parameters; allowed: {sorted(params)}")
+    kept = {k: v for k, v in params.items() if k not in PRESENTATION_PARAMS and k not in set(sweep)
+            and not (k in (added or {}) and v == added[k])}
 
     def ints(x):  # on the stored (cleaned) values: 10.0 → 10
         return int(x) if isinstance(x, float) and x.is_integer() else [ints(v) for v in x] if isinstance(x, list) \

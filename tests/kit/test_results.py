@@ -187,6 +187,19 @@ def test_fingerprint_covers_what_changes_the_numbers_only():
         results.fingerprint(PARAMS, sweep=["sizes"])
 
 
+def test_an_added_parameter_at_its_default_keeps_the_fingerprint():
+    """A parameter a notebook gained after its runs were saved: at its default the old runs keep their fingerprint;
+    any other value is a different run."""
+    fp = results.fingerprint(PARAMS, sweep=SWEEP)
+    added = {"precision": "fp32", "prompt": None}
+    assert results.fingerprint({**PARAMS, **added}, sweep=SWEEP, added=added) == fp
+    for k, v in {"precision": "bf16", "prompt": "Write a short movie review."}.items():
+        assert results.fingerprint({**PARAMS, **added, k: v}, sweep=SWEEP, added=added) != fp, k
+    assert results.fingerprint({**PARAMS, **added}, sweep=SWEEP) != fp  # not declared as added: it counts
+    with pytest.raises(ValueError, match=r"added names \['nope'\] are not parameters"):
+        results.fingerprint(PARAMS, sweep=SWEEP, added={"nope": 1})
+
+
 def _save(d, experiment, setting, div, seed, fp, value=1.0):
     return results.save_run(d, experiment=experiment, divergence=div, seed=seed, setting=setting, preset="cpu",
                             fingerprint=fp, params={"lr": value}, config={"batch_size": 4}, history=[],
