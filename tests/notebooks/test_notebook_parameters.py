@@ -17,6 +17,7 @@ import nbformat
 import papermill
 import pytest
 
+from conftest import load_script
 from fdpg_core.kit import notebook, results
 from fdpg_core.kit.notebook import NOTEBOOK_DIR, list_notebooks, parameters, preset_values, run_notebook
 
@@ -89,6 +90,35 @@ def test_committed_results_are_the_cpu_presets_own(path):
         assert (r["experiment"], r["preset"], r["fingerprint"]) == (experiment, "cpu", fp), f.name
         assert f.name == results.run_filename(r["divergence"], r["seed"], r["setting"], experiment=experiment,
                                               fingerprint=fp)
+
+
+COMMITTED_EXTRA = [(f.name.split(".")[0], f.name.split(".")[-2]) for f in sorted((NOTEBOOK_DIR / "params").glob("*.yaml"))
+                   if f.name.split(".")[-2] not in ("cpu", "paper")]  # cpu-long, cpu-smollm, ...
+
+
+@pytest.mark.parametrize("name,preset", COMMITTED_EXTRA, ids=[f"{n[:2]}-{p}" for n, p in COMMITTED_EXTRA])
+def test_committed_results_of_the_other_presets_are_their_own(name, preset):
+    """A preset beyond cpu and paper writes to its own out_dir and fig_dir (never the cpu preset's), and the runs
+    committed there carry its experiment, name and fingerprint, so that rerunning the preset reuses them."""
+    values, cpu = preset_values(name, preset), preset_values(name, "cpu")
+    assert values["out_dir"] != cpu["out_dir"] and values["fig_dir"].startswith(cpu["fig_dir"] + "/")
+    experiment, fp = notebook.preset_fingerprint(name, preset)
+    for f in sorted((notebook.REPO_ROOT / values["out_dir"]).glob("*.json")):
+        r = json.loads(f.read_text())
+        assert (r["experiment"], r["preset"], r["fingerprint"]) == (experiment, preset, fp), f.name
+
+
+def test_run_notebooks_accepts_every_preset_with_a_file_and_names_them_otherwise(capsys):
+    run_notebooks = load_script("run_notebooks")
+    presets = run_notebooks.available_presets()
+    assert presets[:3] == ["smoke", "cpu", "paper"] and {p for _, p in COMMITTED_EXTRA} <= set(presets)
+    with pytest.raises(SystemExit):
+        run_notebooks.main(["--preset", "nope", "--only", "03"])
+    assert f"--preset 'nope': no notebooks/params/*.nope.yaml file; allowed: {presets}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a preset another notebook has: the error names this notebook's presets
+        run_notebooks.main(["--preset", "cpu-long", "--only", "00"])
+    assert "00_toy_exact: no preset file 00_toy_exact.cpu-long.yaml; allowed presets: ['smoke', 'cpu', 'paper']" \
+        in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- executed
