@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lab notebooks figures render claims nbval nbval-update bench clean-venv
 
@@ -23,9 +24,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/toy_demo.py --out figures/toy_demo
 
-## make test: every test (unit tests of the mathematics, sampler, targets, training, data).
+## make test: every test (unit tests of the mathematics, sampler, targets, training, data), on TEST_WORKERS
+## processes (default 2, one per core; pytest-xdist, one test file per worker).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 ## make notebooks: every notebook at its smoke defaults (papermill), into a temp dir.
 notebooks: $(STAMP)

@@ -36,7 +36,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("figures/toy_demo"), help="where the figure goes")
     args = ap.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)
 
     prob = make_toy_problem("scalar", beta=args.beta, seed=args.seed)
     a = copy.deepcopy(prob.policy)

@@ -11,10 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on 2 cores: one torch thread each (and in
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the commands they start), so no OpenMP thread spins on a busy core
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS: OpenMP reads it when torch loads)
 
 BOS, EOS, PAD = 0, 1, 2
 
