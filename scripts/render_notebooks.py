@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry point: import the repo's fdpg_core
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry poi
 import nbformat  # noqa: E402
 
 from fdpg_core.kit.notebook import (REPO_ROOT, RENDER_PRESET, list_notebooks, preset_file,  # noqa: E402
-                                    render_problems, rendered, run_notebook)
+                                    render_problems, rendered, run_each, run_notebook)
 from fdpg_core.kit.results import NO_TRAIN_ENV  # noqa: E402
 
 
@@ -71,18 +70,8 @@ def main(argv=None) -> int:
             print(f"{'ok   ' if not why else 'STALE'}  {name}" + "".join(f"\n       {w}" for w in why))
         return 1 if any(stale.values()) else 0
     work = Path(tempfile.mkdtemp(prefix="fdpg_render_"))
-    failed, t_all = [], time.perf_counter()
-    for nb in notebooks:
-        t0 = time.perf_counter()
-        try:
-            render(nb, work)
-        except Exception as e:  # report every notebook, then fail
-            failed.append(nb.name)
-            print(f"FAILED {nb.name} ({time.perf_counter() - t0:.1f} s): {type(e).__name__}: {str(e)[-2000:]}")
-            continue
-        print(f"ok     {nb.name} rendered in {time.perf_counter() - t0:.1f} s")
-    print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all rendered'} in {time.perf_counter() - t_all:.1f} s "
-          f"(executed copies in {work})")
+    failed = run_each(notebooks, lambda nb: render(nb, work), "rendered")
+    print(f"executed copies in {work}")
     return 1 if failed else 0
 
 

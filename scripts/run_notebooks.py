@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # script entry point: import the repo's fdpg_core
@@ -34,7 +33,7 @@ import nbformat  # noqa: E402
 import yaml  # noqa: E402
 
 from fdpg_core.kit.notebook import (NOTEBOOK_DIR, copy_checked_outputs, list_notebooks, preset_file,  # noqa: E402
-                                    preset_values, run_notebook)
+                                    preset_values, run_each, run_notebook)
 
 PRESETS = ("smoke", "cpu", "paper")  # the standard ones; any preset with a notebooks/params/<nb>.<preset>.yaml file runs
 
@@ -89,23 +88,17 @@ def main(argv=None) -> int:
         ap.error(str(e))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix=f"fdpg_notebooks_{args.preset}_"))
     work.mkdir(parents=True, exist_ok=True)
-    failed, t_all = [], time.perf_counter()
-    for nb in notebooks:
-        params = {**preset_parameters(nb, args.preset, work), **sets}
+
+    def one(nb):
         out = work / f"{nb.stem}.{args.preset}.ipynb"
-        t0 = time.perf_counter()
-        try:
-            run_notebook(nb, out, params, log_output=args.log_output)
-        except Exception as e:  # report every notebook, then fail
-            failed.append(nb.name)
-            print(f"FAILED {nb.name} ({time.perf_counter() - t0:.1f} s): {type(e).__name__}: {str(e)[:2000]}")
-            continue
-        print(f"ok     {nb.name} [{args.preset}] {time.perf_counter() - t0:.1f} s -> {out}")
+        run_notebook(nb, out, {**preset_parameters(nb, args.preset, work), **sets}, log_output=args.log_output)
         if args.update_checks:
             nbformat.write(copy_checked_outputs(nbformat.read(nb, as_version=4), nbformat.read(out, as_version=4)), nb)
-            print(f"       updated the NBVAL_CHECK_OUTPUT reference outputs of {nb.name}")
-    print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all ok'} in {time.perf_counter() - t_all:.1f} s "
-          f"(work dir {work})")
+            return f"-> {out} (its NBVAL_CHECK_OUTPUT reference outputs updated in {nb.name})"
+        return f"-> {out}"
+
+    failed = run_each(notebooks, one, f"ran at {args.preset}")
+    print(f"executed notebooks in {work}")
     return 1 if failed else 0
 
 

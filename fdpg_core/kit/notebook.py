@@ -1,6 +1,7 @@
 """Running and checking the kit's notebooks (papermill + nbval), used by scripts/run_notebooks.py and the tests.
 
     run_notebook(path, output_path, parameters)  papermill with the kit's kernel environment
+    run_each(notebooks, fn, what)                  fn(nb) for each, timed, every failure reported
     parameters_cell(nb)                            the cell tagged `parameters` and its {name: (value, comment)}
     parameters(namespace, name)                    a notebook's parameters, checked and parsed (its first cell)
     preset_values(name, preset)                    the parameters a preset runs with (defaults + params/*.yaml)
@@ -40,7 +41,7 @@ RENDER_KEY = "fdpg_render"  # notebook metadata of a rendering: {"preset": "cpu"
 NOTE_ID = "rendered-note"  # id of the markdown cell a rendering adds after the title
 RENDER_PRESET = "cpu"
 
-__all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook",
+__all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook", "run_each",
            "parameters_cell", "parameter_types", "parameters", "preset_file", "preset_values", "preset_fingerprint",
            "clear_outputs", "copy_checked_outputs", "RENDER_KEY", "RENDER_PRESET", "NOTE_ID", "render_hash", "rendered",
            "render_problems"]
@@ -88,6 +89,26 @@ def run_notebook(path, output_path, parameters: dict | None = None, *, cwd=None,
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def run_each(notebooks, fn, what: str) -> list[str]:
+    """Call fn(nb) for every notebook in turn, printing 'ok' or 'FAILED' with its time (and fn's returned text);
+    a notebook that raises is reported and the next one still runs. Prints a last line that says `what` was done
+    (e.g. 'rendered') or which failed; returns the names of the failed notebooks."""
+    import time
+
+    failed, t_all = [], time.perf_counter()
+    for nb in notebooks:
+        t0 = time.perf_counter()
+        try:
+            detail = fn(nb)
+        except Exception as e:  # report every notebook, then fail
+            failed.append(nb.name)
+            print(f"FAILED {nb.name} ({time.perf_counter() - t0:.1f} s): {type(e).__name__}: {str(e)[-2000:]}")
+            continue
+        print(f"ok     {nb.name} {what} in {time.perf_counter() - t0:.1f} s" + (f" {detail}" if detail else ""))
+    print(f"{'FAILED: ' + ', '.join(failed) if failed else f'all {what}'} in {time.perf_counter() - t_all:.1f} s")
+    return failed
 
 
 def _source(cell) -> str:
