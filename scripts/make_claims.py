@@ -9,7 +9,8 @@ the Markdown files between markers, and only there:
     <!-- claims:end -->
 
 NAME is one of `REGIONS` (glance, glance-03-06, verdicts-00 … verdicts-08, toy-00, skipped-03, skipped-runs,
-klpa-07, klpa-08); a region may appear in several files.
+klpa-07, klpa-08, and verdicts-03-cpu-long, verdicts-01-cpu-smollm for the runs of the longer presets); a region may
+appear in several files.
 
 Usage:
   python scripts/make_claims.py            # rewrite the generated regions in place (make claims)
@@ -69,6 +70,12 @@ class Experiment:
     noun: str                  # what a case is, plural ("tasks", "sizes", "β")
     claims: tuple[Claim, ...]
     frame: object = None       # runs → frame (default: frame_of, results.final_frame plus skipped updates)
+    preset: str = "cpu"        # the preset whose runs are decided (data/results/<name>/<preset>)
+
+    @property
+    def region(self) -> str:
+        """Name of its verdict region: verdicts-<code>, or verdicts-<code>-<preset> beyond the cpu preset."""
+        return f"verdicts-{self.code}" + ("" if self.preset == "cpu" else f"-{self.preset}")
 
 
 GLANCE = [  # (Claim.key, row label) of the claims-at-a-glance table, in this order
@@ -150,6 +157,14 @@ def frame_07(runs):
     fin = frame_of(runs)
     cols = ["entities", "entities_ge1", "entity_precision", "rougeL", "rouge2", "distinct_2", "self_bleu_4"]
     return _add_rows(fin, "a", {f"heldout/{c}": f"base/heldout/{c}" for c in cols})
+
+
+def frame_03_long(runs):
+    """frame_of plus a row "a" per seed whose ref/kl is the run's KL(p‖π) before its first update (π = a: −log Ẑ
+    of the reference sample), so that "kl < a" on ref/kl reads "training lowered KL(p‖π)"."""
+    fin = frame_of(runs)
+    fin["ref_kl_start"] = [next(h["ref/kl"] for h in r["history"] if h.get("ref/kl") is not None) for r in runs]
+    return _add_rows(fin, "a", {"ref/kl": "ref_kl_start"})
 
 
 def last_batches_kl(run: dict, n: int = 5) -> float:
@@ -292,6 +307,35 @@ EXPERIMENTS = [
 ]
 BY_CODE = {e.code: e for e in EXPERIMENTS}
 
+# the longer presets: one setting each, their own verdict tables (not in the claims-at-a-glance tables, which are the
+# cpu preset's)
+LONGER = [
+    Experiment("03", "pointwise_constraints", "03 pointwise, cpu-long (science)", "tasks", frame=frame_03_long,
+               preset="cpu-long", claims=(
+        Claim("", "training lowers KL(p‖π) below a's, for forward KL and for every divergence",
+              "KL(p‖π) on the reference sample (a: before the first update)",
+              (Case("science", "ref/kl", _each("{d} < a"), where=(("setting", "science"),)),), digits=2),
+        Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[b]",
+              per_setting({"science": "science"}, "eval/align/b", ALIGN)),
+        Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2",
+              per_setting({"science": "science"}, "eval/distinct/2", DIVERSE)),
+        Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π)",
+              per_setting({"science": "science"}, "ref/kl", "js < kl"), digits=2),
+    )),
+]
+_PENDING = [
+    Experiment("01", "scalar_preference", "01 scalar, cpu-smollm (SmolLM2-135M)", "β", frame=frame_01,
+               preset="cpu-smollm", claims=(
+        Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting({"beta0.1": "β = 0.1"}, "E_r", ALIGN)),
+        Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2",
+              per_setting({"beta0.1": "β = 0.1"}, "distinct_2", DIVERSE)),
+        Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
+              per_setting({"beta0.1": "β = 0.1"}, "kl_p_pi", "js < kl"), digits=2),
+        Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
+              per_setting({"beta0.1": "β = 0.1"}, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
+    )),
+]
+
 
 # 3. deciding -----------------------------------------------------------------------------------------------------
 
@@ -310,10 +354,10 @@ _CACHE: dict = {}
 
 
 def experiment_data(exp: Experiment, results_dir: Path = RESULTS):
-    """(frame, runs) of one experiment's committed cpu runs (cached per results_dir)."""
-    key = (exp.code, str(results_dir))
+    """(frame, runs) of one experiment's committed runs at its preset (cached per results_dir)."""
+    key = (exp.code, exp.preset, str(results_dir))
     if key not in _CACHE:
-        runs = V.load_experiment_runs(Path(results_dir) / exp.name / "cpu", exp.name)
+        runs = V.load_experiment_runs(Path(results_dir) / exp.name / exp.preset, exp.name, exp.preset)
         _CACHE[key] = ((exp.frame or frame_of)(runs), runs)
     return _CACHE[key]
 
@@ -541,7 +585,7 @@ def klpa_note(code: str, set_name: str, unit: str, results_dir: Path = RESULTS) 
 REGIONS = {
     "glance": lambda d: glance_table([e.code for e in EXPERIMENTS if any(c.key for c in e.claims)], d),
     "glance-03-06": lambda d: glance_table(["03", "04", "05", "06"], d),
-    **{f"verdicts-{e.code}": (lambda e: lambda d: verdict_table(e, d))(e) for e in EXPERIMENTS},
+    **{e.region: (lambda e: lambda d: verdict_table(e, d))(e) for e in EXPERIMENTS + LONGER},
     "toy-00": toy_table,
     "skipped-03": lambda d: skipped_table("03", d),
     "skipped-runs": skipped_runs,

@@ -49,11 +49,13 @@ def load_experiment_runs(results_dir, experiment: str, preset: str = "cpu") -> l
     chooses runs for verdicts. ValueError if no run matches."""
     from fdpg_core.kit import notebook
 
-    names = [p.stem for p in notebook.list_notebooks()]
-    fps = [notebook.preset_fingerprint(n, preset) for n in names]
+    names = [p.stem for p in notebook.list_notebooks()
+             if preset == "smoke" or (notebook.NOTEBOOK_DIR / "params" / f"{p.stem}.{preset}.yaml").exists()]
+    fps = [notebook.preset_fingerprint(n, preset) for n in names]  # the notebooks that have this preset
     fp = next((f for e, f in fps if e == experiment), None)
     if fp is None:
-        raise ValueError(f"no notebook runs experiment {experiment!r}; allowed: {sorted(e for e, _ in fps)}")
+        raise ValueError(f"no notebook runs experiment {experiment!r} at preset {preset!r}; allowed: "
+                         f"{sorted(e for e, _ in fps)}")
     runs = [r for r in results.load_runs(results_dir, experiment=experiment, fingerprint=fp, verbose=False)
             if r.get("preset") == preset]
     if not runs:
