@@ -79,16 +79,24 @@ def run_notebook(path, output_path, parameters: dict | None = None, *, cwd=None,
     """
     import papermill as pm
 
+    import tempfile
+
+    from traitlets.config import Config
+
     path = Path(path)
     old = dict(os.environ)
     os.environ.update(kernel_env())  # the kernel inherits the papermill process's environment
-    try:
-        return pm.execute_notebook(str(path), str(output_path), parameters=parameters or {}, kernel_name="python3",
-                                   cwd=str(cwd or path.parent), progress_bar=False, log_output=log_output,
-                                   execution_timeout=timeout)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    # the kernel talks over Unix sockets in a private temp dir, not TCP ports: kernels started side by side (e.g.
+    # two test workers) can never pick the same port
+    with tempfile.TemporaryDirectory(prefix="fdpg_kernel_") as sockets:
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        try:
+            return pm.execute_notebook(str(path), str(output_path), parameters=parameters or {},
+                                       kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
+                                       log_output=log_output, execution_timeout=timeout, config=ipc)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
 
 
 def run_each(notebooks, fn, what: str) -> list[str]:
