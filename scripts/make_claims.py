@@ -322,8 +322,6 @@ LONGER = [
         Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π)",
               per_setting({"science": "science"}, "ref/kl", "js < kl"), digits=2),
     )),
-]
-_PENDING = [
     Experiment("01", "scalar_preference", "01 scalar, cpu-smollm (SmolLM2-135M)", "β", frame=frame_01,
                preset="cpu-smollm", claims=(
         Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting({"beta0.1": "β = 0.1"}, "E_r", ALIGN)),
