@@ -8,8 +8,8 @@ One JSON per (setting, divergence, seed) run, written by `save_run`:
 
 The fingerprint is a hash of every notebook parameter that changes a run's numbers (`fingerprint`): the
 parameters that only say where files go or how things are shown (out_dir, fig_dir, preset, rerun, torch_threads,
-device, smooth, progress) and the sweep lists that name which runs to make (divergences, seeds, tasks, ...) are left out,
-since a run's own setting, divergence and seed are stored beside it. So a folder can hold the runs of several
+device, smooth, progress) and the sweep lists that name which runs to make (divergences, seeds, tasks, ...) are
+left out, since a run's own setting, divergence and seed are stored beside it. So a folder can hold the runs of several
 experiments and parameter sets without mixing them: `load_runs(dir, experiment=..., fingerprint=...)` returns only
 the matching runs (and says how many it skipped), and `find_run` lets a notebook reuse a run instead of
 training it again.
