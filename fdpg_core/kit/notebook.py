@@ -4,6 +4,7 @@
     run_each(notebooks, fn, what)                  fn(nb) for each, timed, every failure reported
     parameters_cell(nb)                            the cell tagged `parameters` and its {name: (value, comment)}
     parameters(namespace, name)                    a notebook's parameters, checked and parsed (its first cell)
+    preset_path(name, preset)                      notebooks/params/<name>.<preset>.yaml
     preset_values(name, preset)                    the parameters a preset runs with (defaults + params/*.yaml)
     preset_fingerprint(name, preset)               (experiment, fingerprint) of the runs a preset makes
     clear_outputs(nb)                              outputs cleared, except cells marked `# NBVAL_CHECK_OUTPUT`
@@ -42,9 +43,9 @@ NOTE_ID = "rendered-note"  # id of the markdown cell a rendering adds after the 
 RENDER_PRESET = "cpu"
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "CHECK_MARK", "kernel_env", "list_notebooks", "run_notebook", "run_each",
-           "parameters_cell", "parameter_types", "parameters", "preset_file", "preset_values", "preset_fingerprint",
-           "clear_outputs", "copy_checked_outputs", "RENDER_KEY", "RENDER_PRESET", "NOTE_ID", "render_hash", "rendered",
-           "render_problems"]
+           "parameters_cell", "parameter_types", "parameters", "preset_path", "preset_file", "preset_values",
+           "preset_fingerprint", "clear_outputs", "copy_checked_outputs", "RENDER_KEY", "RENDER_PRESET", "NOTE_ID",
+           "render_hash", "rendered", "render_problems"]
 
 
 def kernel_env(base: dict | None = None) -> dict:
@@ -303,6 +304,11 @@ def parameters(namespace: dict, name: str) -> dict:
     return out
 
 
+def preset_path(name: str, preset: str) -> Path:
+    """notebooks/params/<name>.<preset>.yaml: the parameters of notebook `name` at `preset` (it may not exist)."""
+    return NOTEBOOK_DIR / "params" / f"{name}.{preset}.yaml"
+
+
 def preset_file(name: str, preset: str) -> dict:
     """The keys of notebooks/params/<name>.<preset>.yaml ({} for 'smoke': the notebook's own defaults); ValueError
     naming the presets that exist when there is no such file."""
@@ -310,7 +316,7 @@ def preset_file(name: str, preset: str) -> dict:
 
     if preset == "smoke":
         return {}
-    path = NOTEBOOK_DIR / "params" / f"{name}.{preset}.yaml"
+    path = preset_path(name, preset)
     if not path.exists():
         found = sorted(p.name.split(".")[-2] for p in path.parent.glob(f"{name}.*.yaml"))
         raise ValueError(f"{name}: no preset file {path.name}; allowed presets: {['smoke'] + found}")
@@ -395,7 +401,7 @@ def copy_checked_outputs(nb, executed):
 
 def _render_inputs(name: str):
     """(preset file, every file of the preset's out_dir) that a rendering of notebooks/<name>.ipynb reads."""
-    preset = NOTEBOOK_DIR / "params" / f"{name}.{RENDER_PRESET}.yaml"
+    preset = preset_path(name, RENDER_PRESET)
     out_dir = REPO_ROOT / str(preset_file(name, RENDER_PRESET)["out_dir"])
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")) \
         if out_dir.is_dir() else []

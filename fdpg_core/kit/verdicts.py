@@ -50,7 +50,7 @@ def load_experiment_runs(results_dir, experiment: str, preset: str = "cpu") -> l
     from fdpg_core.kit import notebook
 
     names = [p.stem for p in notebook.list_notebooks()
-             if preset == "smoke" or (notebook.NOTEBOOK_DIR / "params" / f"{p.stem}.{preset}.yaml").exists()]
+             if preset == "smoke" or notebook.preset_path(p.stem, preset).exists()]
     fps = [notebook.preset_fingerprint(n, preset) for n in names]  # the notebooks that have this preset
     fp = next((f for e, f in fps if e == experiment), None)
     if fp is None:
