@@ -577,15 +577,17 @@ def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: 
     matmul peaks (mm_n² products) are timed in the same interleaved rounds as the steps, so that the efficiencies
     compare throughputs measured under the same load."""
     from fdpg_core.fast.precision import bf16_copy
+    from fdpg_core.config import FDPGConfig
     from fdpg_core.sampling import sample, score
     from fdpg_core.targets import ScalarFactor, Target
+    from fdpg_core.train import _adam
 
     V = model.get_output_embeddings().weight.shape[0]
     B, Tp = ids.shape
     base = model.requires_grad_(False)
     base16 = bf16_copy(base)
     policy = copy.deepcopy(base).requires_grad_(True)
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-5)
+    opt = _adam(FDPGConfig(lr=1e-5), list(policy.parameters()))[0]  # train()'s Adam (the fused kernel)
     for p in policy.parameters():  # Adam's moments exist before the timed steps (zero grads: no change)
         p.grad = torch.zeros_like(p)
     opt.step()

@@ -26,6 +26,30 @@ def _flat(grads, params):
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
 
 
+# ------------------------------------------------------------------------------------------ packed bf16 weights
+@pytest.mark.skipif(not precision.can_pack("cpu"), reason="this torch has no oneDNN bf16 linear")
+def test_packed_copy_is_the_plain_bf16_copy_bitwise_and_follows_the_policy(make_tiny_lm):
+    """The sampling copy's nn.Linear layers hold pre-packed weights (PackedLinear). Its logits must equal those of
+    the plain bf16 copy bit for bit, before and after the policy changes (refresh repacks the new weights), and
+    the output head stays an nn.Linear (the fast decoder reads its weight)."""
+    policy = make_tiny_lm("llama", vocab_size=64, init=0.5)
+    prec = MixedPrecision("bf16", "cpu")
+    q = prec.sampler_model(policy)
+    n_packed = sum(isinstance(m, precision.PackedLinear) for m in q.modules())
+    assert n_packed == 7 * policy.config.num_hidden_layers  # q, k, v, o, gate, up, down per layer
+    assert type(q.get_output_embeddings()) is torch.nn.Linear and not q.training
+    ids = torch.randint(3, 64, (16, 9), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(q(ids).logits, precision.bf16_copy(policy)(ids).logits)
+            for p in policy.parameters():  # the policy moves; the next sampler_model call must follow it
+                p.add_(0.05 * torch.randn_like(p))
+        assert prec.sampler_model(policy) is q
+    with torch.no_grad():
+        stale = q(ids).logits  # refreshed above to the moved weights: differs from the unpacked original's
+        assert not torch.equal(stale, precision.bf16_copy(make_tiny_lm("llama", vocab_size=64, init=0.5))(ids).logits)
+
+
 # ----------------------------------------------------------------------------------------- the sampler's log q
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_bf16_sampler_log_q_is_teacher_forced_score_of_the_same_copy(make_tiny_lm, kind):
