@@ -9,8 +9,8 @@ the Markdown files between markers, and only there:
     <!-- claims:end -->
 
 NAME is one of `REGIONS` (glance, glance-03-06, verdicts-00 … verdicts-08, toy-00, skipped-03, skipped-runs,
-klpa-07, klpa-08, and verdicts-03-cpu-long, verdicts-01-cpu-smollm for the runs of the longer presets); a region may
-appear in several files.
+klpa-07, klpa-08, and verdicts-03-cpu-long, verdicts-01-cpu-smollm, verdicts-01-cpu-smollm-b64 for the runs of
+the longer presets); a region may appear in several files.
 
 Usage:
   python scripts/make_claims.py            # rewrite the generated regions in place (make claims)
@@ -307,6 +307,17 @@ EXPERIMENTS = [
 ]
 BY_CODE = {e.code: e for e in EXPERIMENTS}
 
+# 01 on SmolLM2-135M: the same claims at each of its presets (16 or 64 samples per update)
+SMOLLM_CLAIMS = (
+    Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting({"beta0.1": "β = 0.1"}, "E_r", ALIGN)),
+    Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2",
+          per_setting({"beta0.1": "β = 0.1"}, "distinct_2", DIVERSE)),
+    Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
+          per_setting({"beta0.1": "β = 0.1"}, "kl_p_pi", "js < kl"), digits=2),
+    Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
+          per_setting({"beta0.1": "β = 0.1"}, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
+)
+
 # the longer presets: one setting each, their own verdict tables (not in the claims-at-a-glance tables, which are the
 # cpu preset's)
 LONGER = [
@@ -322,16 +333,8 @@ LONGER = [
         Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π)",
               per_setting({"science": "science"}, "ref/kl", "js < kl"), digits=2),
     )),
-    Experiment("01", "scalar_preference", "01 scalar, cpu-smollm (SmolLM2-135M)", "β", frame=frame_01,
-               preset="cpu-smollm", claims=(
-        Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting({"beta0.1": "β = 0.1"}, "E_r", ALIGN)),
-        Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2",
-              per_setting({"beta0.1": "β = 0.1"}, "distinct_2", DIVERSE)),
-        Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
-              per_setting({"beta0.1": "β = 0.1"}, "kl_p_pi", "js < kl"), digits=2),
-        Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
-              per_setting({"beta0.1": "β = 0.1"}, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
-    )),
+    *(Experiment("01", "scalar_preference", f"01 scalar, {preset} (SmolLM2-135M)", "β", frame=frame_01,
+                 preset=preset, claims=SMOLLM_CLAIMS) for preset in ("cpu-smollm", "cpu-smollm-b64")),
 ]
 
 

@@ -40,6 +40,7 @@ REDUCED = {  # command: appended arguments
     ".venv/bin/python scripts/run_notebooks.py --preset cpu --only 08": ONE_RUN,
     ".venv/bin/python scripts/run_notebooks.py --preset cpu-long --only 03": ONE_RUN,
     ".venv/bin/python scripts/run_notebooks.py --preset cpu-smollm --only 01": ONE_RUN,
+    ".venv/bin/python scripts/run_notebooks.py --preset cpu-smollm-b64 --only 01": ONE_RUN,
 }
 PY_REDUCED = {"n_steps=200, batch_size=64": "n_steps=2, batch_size=8"}  # README's example: 2 steps of 8 samples
 
