@@ -192,6 +192,19 @@ def _each(template: str) -> tuple[str, ...]:
     return tuple(template.format(d=d) for d in DIVS)
 
 
+def scalar_claims(betas: dict) -> tuple[Claim, ...]:
+    """The claims of 01 (p ∝ a·exp(r/β)) at each β of `betas` {setting value: label}: the cpu preset's three β and
+    the SmolLM2 presets' one."""
+    return (
+        Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting(betas, "E_r", ALIGN)),
+        Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2", per_setting(betas, "distinct_2", DIVERSE)),
+        Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
+              per_setting(betas, "kl_p_pi", "js < kl"), digits=2),
+        Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
+              per_setting(betas, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
+    )
+
+
 EXPERIMENTS = [
     Experiment("00", "toy_exact", "00 toy (exact)", "cases", frame=frame_00, claims=(
         Claim("", "forward KL covers both modes, reverse KL seeks one", "mass on the minor mode", (
@@ -207,14 +220,7 @@ EXPERIMENTS = [
               "|IS − exact| of KL(p_ε‖π), 4,096 samples of π", (
             Case("misspecified", "is_error", ("rkl > kl", "rkl > js"), where=(("setting", "misspecified"),)),)),
     )),
-    Experiment("01", "scalar_preference", "01 scalar (3 β)", "β", frame=frame_01, claims=(
-        Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting(BETAS, "E_r", ALIGN)),
-        Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2", per_setting(BETAS, "distinct_2", DIVERSE)),
-        Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
-              per_setting(BETAS, "kl_p_pi", "js < kl"), digits=2),
-        Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
-              per_setting(BETAS, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
-    )),
+    Experiment("01", "scalar_preference", "01 scalar (3 β)", "β", frame=frame_01, claims=scalar_claims(BETAS)),
     Experiment("02", "model_size_scaling", "02 sizes (4)", "sizes", frame=frame_02, claims=(
         Claim("alignment", "alignment rkl ≥ js ≈ tv > kl, at every size", "E_π[r]", per_setting(SIZES, "E_r", ALIGN)),
         Claim("diversity", "diversity kl ≥ js ≈ tv > rkl, at every size", "Distinct-2",
@@ -307,17 +313,6 @@ EXPERIMENTS = [
 ]
 BY_CODE = {e.code: e for e in EXPERIMENTS}
 
-# 01 on SmolLM2-135M: the same claims at each of its presets (16 or 64 samples per update)
-SMOLLM_CLAIMS = (
-    Claim("alignment", "alignment rkl ≥ js ≈ tv > kl", "E_π[r]", per_setting({"beta0.1": "β = 0.1"}, "E_r", ALIGN)),
-    Claim("diversity", "diversity kl ≥ js ≈ tv > rkl", "Distinct-2",
-          per_setting({"beta0.1": "β = 0.1"}, "distinct_2", DIVERSE)),
-    Claim("js_kl", "js reaches a lower KL(p‖π) than kl", "KL(p‖π) (IS from a)",
-          per_setting({"beta0.1": "β = 0.1"}, "kl_p_pi", "js < kl"), digits=2),
-    Claim("rl", "rkl-DPG is KL-regularised RL: J rises from J(a) and is highest for rkl", "J = E_π[r] − β·KL(π‖a)",
-          per_setting({"beta0.1": "β = 0.1"}, "rl_objective", ("rkl > a", "rkl > js", "rkl > tv", "rkl > kl"))),
-)
-
 # the longer presets: one setting each, their own verdict tables (not in the claims-at-a-glance tables, which are the
 # cpu preset's)
 LONGER = [
@@ -334,7 +329,8 @@ LONGER = [
               per_setting({"science": "science"}, "ref/kl", "js < kl"), digits=2),
     )),
     *(Experiment("01", "scalar_preference", f"01 scalar, {preset} (SmolLM2-135M)", "β", frame=frame_01,
-                 preset=preset, claims=SMOLLM_CLAIMS) for preset in ("cpu-smollm", "cpu-smollm-b64")),
+                 preset=preset, claims=scalar_claims({"beta0.1": "β = 0.1"}))
+      for preset in ("cpu-smollm", "cpu-smollm-b64")),  # 01 on SmolLM2-135M: 16 or 64 samples per update
 ]
 
 
