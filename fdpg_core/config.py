@@ -87,9 +87,9 @@ class FDPGConfig:
     """stop with ZeroTargetMassError after this many steps in a row were skipped (no sample of the batch's contexts
     has P(x) > 0 so far: e.g. a constraint far rarer than 1 / batch_size); None = never stop."""
     precision: str = "fp32"
-    """'fp32' (everything in float32); 'bf16' (samples from a bf16 copy q of π_θ with its exact log q, log π_θ under
-    bf16 autocast, every sample weighted by π_θ/q: the same gradient in expectation, its ESS logged as train/ess; the
-    target is unchanged); 'auto' (bf16 where the hardware has bf16 matrix units, else fp32). See fast/precision.py."""
+    """'fp32' (all float32); 'bf16' (x ~ a copy q of π_θ with bf16 products and its exact log q, and log π_θ, both
+    under bf16 autocast; each sample weighted by π_θ/q: the same gradient in expectation, ESS logged as train/ess;
+    target unchanged); 'auto' (bf16 where the hardware has bf16 matrix units, else fp32). See fast/precision.py."""
 
     def __post_init__(self):
         bad = []

@@ -49,7 +49,7 @@ def ess(log_w: Tensor, *, fraction: bool = False) -> Tensor:
     _check_same_shape(log_w=log_w)
     lw = log_w.flatten()
     log_ess = 2.0 * torch.logsumexp(lw, dim=0) - torch.logsumexp(2.0 * lw, dim=0)  # log (Σw)² − log Σw²
-    out = torch.exp(log_ess)
+    out = torch.exp(log_ess).clamp(max=lw.numel())  # ≤ N exactly (equal weights can round a last bit above)
     out = torch.where(torch.isneginf(lw).all(), torch.zeros_like(out), out)
     return out / lw.numel() if fraction else out
 

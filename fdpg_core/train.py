@@ -19,8 +19,8 @@ Decisions (docs/METHOD.md gives the reasons; the field docs of `FDPGConfig` the 
     summed gradient is the full-batch one.
   * The policy runs in eval mode (no dropout): the gradient theorem needs log π_θ of the distribution sampled from.
   * Offline: q = a frozen copy of π_θ; with each step's samples and Ẑ, q ← π_θ (θ before the update) when the
-    importance-sampled KL(p‖π_θ) is below KL(p‖q). precision='bf16' (fast/precision.py) samples from a bf16 copy q
-    and weights every sample by π_θ/q in the same way; train/ess is the weights' effective sample size.
+    importance-sampled KL(p‖π_θ) is below KL(p‖q). precision='bf16' (fast/precision.py) samples from a copy q
+    with bf16 products under autocast and weights every sample by π_θ/q in the same way; train/ess is their ESS.
   * A non-finite log q, log P, log a, log π, pseudo-reward, loss or gradient raises `NonFiniteLossError` naming
     the step and the value (a target's factor by its name) before any state of that step (Ẑ, baseline, parameters,
     optimiser) is updated or saved; the last checkpoint on disk is left untouched. `max_consecutive_skips` steps
@@ -145,8 +145,7 @@ def _snis_mean(x: Tensor, log_w: Tensor | None) -> Tensor:
     x = x.to(torch.float64)
     if log_w is None:
         return x.mean()
-    w = torch.softmax(log_w.to(torch.float64), 0)  # (B,), Σ = 1
-    return (w * x).sum()
+    return (torch.softmax(log_w.to(torch.float64), 0) * x).sum()  # weights (B,), Σ = 1
 
 
 def _resolve_ids(cfg: FDPGConfig, policy, tokenizer) -> tuple[int | None, int]:
@@ -431,7 +430,7 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
     n_per, m_ctx, B_loc, lo = _layout(cfg, C, rank, W)  # rows per context, contexts per batch, this rank's rows
     sampler = sample if sampler is None else sampler
     online = cfg.proposal == "online"
-    prec = MixedPrecision(cfg.precision, device)  # bf16: samples from a bf16 copy q, log π_θ under autocast
+    prec = MixedPrecision(cfg.precision, device)  # bf16: samples from a copy q with bf16 products, all under autocast
     q_is_pi = prec.q_is_pi(online)  # importance weights π_θ/q exactly 1 (online fp32)
 
     # 1. state: optimiser, schedule, Ẑ, baseline, proposal, sampling RNG
@@ -469,8 +468,9 @@ def train(policy: torch.nn.Module, target: Target, prompts: tuple[Tensor, Tensor
             rows = ctx.repeat_interleave(n_per)  # (B,) global
             rows_loc = rows[lo:lo + B_loc]  # (B_loc,)
             sampler_model = prec.sampler_model(policy if online else proposal)  # fp32: the model; bf16: its copy
-            samples = sampler(sampler_model, prompt_ids[rows_loc], prompt_mask[rows_loc], cfg.max_new_tokens,
-                              eos_token_id=eos, pad_token_id=pad, context_ids=rows_loc, generator=gen)
+            with prec.autocast():  # bf16: the copy computes under autocast what π_θ computes under it below
+                samples = sampler(sampler_model, prompt_ids[rows_loc], prompt_mask[rows_loc], cfg.max_new_tokens,
+                                  eos_token_id=eos, pad_token_id=pad, context_ids=rows_loc, generator=gen)
             if tokenizer is not None:
                 decode(samples, tokenizer)
 

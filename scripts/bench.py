@@ -37,10 +37,11 @@ shared 2-core machine, 2 threads per side oversubscribe the cores and the timing
      token through the policy's forward and backward, N = parameters in matrix products (Linear / Conv1D weights,
      LM head included; embedding lookups, attention scores and prompt tokens not counted).
   5. mixed precision (section "precision"): a 124M GPT-2-shaped model (random init) and SmolLM2-135M, each with
-     three sampling sides (ours fp32, ours from the model's bf16 copy, generate() fp32) and three f-DPG step sides
-     (FDPGConfig.precision "fp32"; "bf16": samples from the refreshed bf16 copy, log π_θ under bf16 autocast, weights
-     π_θ/q; "bf16" with the base a also in bf16, which changes the target), interleaved; ours is impl="auto" (the
-     library default that train() uses). The sides step one shared policy and Adam state in turn (timing only).
+     three sampling sides (ours fp32, ours from the model's bf16 sampling copy, generate() fp32) and three f-DPG
+     step sides (FDPGConfig.precision "fp32"; "bf16": samples from the refreshed copy under bf16 autocast, log π_θ
+     under it, weights π_θ/q; "bf16" with the base a also in bf16, which changes the target), interleaved; ours is
+     impl="auto" (the library default that train() uses). The sides step one shared policy and Adam state in turn
+     (timing only).
      Also the effective sample size of the weights π_θ/q at every bf16 step, and the shift of log a when the base
      is scored in bf16 instead of fp32. The machine name carries the CPU's bf16 units (cpu-2core-avx512bf16,
      cpu-2core-amx), the JSON the CPU model, its bf16 flags and what precision="auto" picks.
@@ -52,6 +53,7 @@ shared 2-core machine, 2 threads per side oversubscribe the cores and the timing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import json
@@ -516,20 +518,24 @@ def exactness(model, B, Tp, T, device, eos=None) -> dict:
 # 5. Mixed precision: fp32 vs bf16 (samples from a bf16 copy, importance weights π_θ/q)
 # ----------------------------------------------------------------------------------------------------------------
 def precision_sampling_case(name, model, ids, mask, T, reps, device, note=""):
-    """Tokens/s of sample() from the fp32 model and from its bf16 copy (impl="auto"), and of generate() fp32, on the
-    left-padded prompts ids, mask (B, Tp)."""
+    """Tokens/s of sample() from the fp32 model and from its bf16 sampling copy under autocast (impl="auto"), as
+    train() samples at precision="bf16", and of generate() fp32, on the left-padded prompts ids, mask (B, Tp)."""
     from fdpg_core.fast.precision import MixedPrecision
     from fdpg_core.sampling import sample
 
     V = model.get_output_embeddings().weight.shape[0]
     B, Tp = ids.shape
-    q_model = MixedPrecision("bf16", device).sampler_model(model)
+    prec = MixedPrecision("bf16", device)
+    q_model = prec.sampler_model(model)
     gen = torch.Generator(device=device).manual_seed(0)
     out = {}
 
     def ours(m, key):
+        ctx = prec.autocast if m is q_model else contextlib.nullcontext
+
         def fn():
-            out[key] = sample(m, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+            with ctx():
+                out[key] = sample(m, ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
         return fn
 
     def ref():
@@ -546,9 +552,9 @@ def precision_sampling_case(name, model, ids, mask, T, reps, device, note=""):
 
 
 def make_precision_step(policy, target, opt, precision, ids, mask, T, device, ess_log: list):
-    """One f-DPG step as train() takes it at FDPGConfig.precision=`precision`: x ~ q (π_θ, or its bf16 copy
-    refreshed now), target.score, log π_θ (under bf16 autocast in bf16), fdpg_loss with weights π_θ/q, backward, Adam.
-    Appends the ESS fraction of the weights (1 when q = π_θ) to ess_log."""
+    """One f-DPG step as train() takes it at FDPGConfig.precision=`precision`: x ~ q (π_θ, or its bf16 sampling
+    copy refreshed now, under autocast), target.score, log π_θ (under bf16 autocast in bf16), fdpg_loss with
+    weights π_θ/q, backward, Adam. Appends the ESS fraction of the weights (1 when q = π_θ) to ess_log."""
     from fdpg_core.estimators import ess, log_Z_hat
     from fdpg_core.losses import fdpg_loss
     from fdpg_core.fast.precision import MixedPrecision
@@ -558,7 +564,8 @@ def make_precision_step(policy, target, opt, precision, ids, mask, T, device, es
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step():
-        s = sample(prec.sampler_model(policy), ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
+        with prec.autocast():  # bf16: the sampling copy runs under autocast, as in train()
+            s = sample(prec.sampler_model(policy), ids, mask, T, eos_token_id=None, pad_token_id=PAD, generator=gen)
         scored = target.score(s)  # log a in the base's own precision, log P = log a + r/β
         with prec.autocast():
             log_pi = score(policy, s)  # (B,) differentiable
@@ -632,14 +639,25 @@ def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: 
                                       "max_abs": shift.abs().max().item(), "T": T}}
 
 
+def cpu_id() -> str:
+    """The CPU's model name, with its family and model numbers where /proc/cpuinfo has them: a name such as
+    'AMD EPYC' covers several generations (family 25 is Zen 3/4, family 26 Zen 5)."""
+    from fdpg_core.fast.precision import _cpuinfo, cpu_model
+
+    info = _cpuinfo()
+    if "cpu family" not in info or "model" not in info:
+        return cpu_model()
+    return f"{cpu_model()} (family {info['cpu family']}, model {info['model']})"
+
+
 def precision_section(p: dict, device, log=print) -> dict:
     """The mixed-precision rows: each model's sampling and step cases; efficiency against the matmul peaks."""
-    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
+    from fdpg_core.fast.precision import cpu_bf16_flags, has_bf16_units, resolve_precision
     from fdpg_core.kit.smollm import load_smollm2
 
     cfg = p["precision"]
     out = {"impl": "auto", "bf16_units": has_bf16_units(device), "auto_precision": resolve_precision("auto", device),
-           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
+           "cpu_model": cpu_id(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
     B, Tp, T = cfg["B"], cfg["Tp"], cfg["T"]
 
     def random_model(build, note):  # random weights: random prompts (throughput; the weights' ESS is not typical)
@@ -749,14 +767,14 @@ SECTIONS = ("matmul_flop_s", "distribution_check", "sampling", "sampling_smollm2
 
 
 def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None, only=None) -> dict:
-    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model
+    from fdpg_core.fast.precision import cpu_bf16_flags
     from fdpg_core.kit.smollm import load_smollm2
 
     p = plan(device, quick)
     t_start = time.time()
     res = {"machine": machine_name(device), "device": device, "quick": quick, "load_avg_start": os.getloadavg(),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(),
+           "cpu_model": cpu_id(), "cpu_bf16_flags": cpu_bf16_flags(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
                      "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None,

@@ -72,6 +72,8 @@ def test_ess_hand_computed():
     assert ess(L([1.0, 2.0, 3.0]), fraction=True).item() == pytest.approx(12.0 / 14.0, rel=1e-14)
     assert ess(L([1.0, 2.0, 3.0]) + 1000.0).item() == pytest.approx(36.0 / 14.0, rel=1e-12)  # no overflow
     assert ess(L([0.0, 0.0])).item() == 0.0
+    # equal float32 log-weights: the log-space formula rounds to 1 + 5e-7 here; the fraction stays in (0, 1]
+    assert ess(torch.full((64,), 0.3), fraction=True).item() == 1.0
 
 
 @pytest.mark.parametrize("key", ["kl", "tv", "js"])

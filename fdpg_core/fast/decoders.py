@@ -117,7 +117,9 @@ def _attend(q, k, v, mask, scale) -> torch.Tensor:
     else:
         q3 = q.reshape(B * nkv, g * S, hd)
         a = torch.baddbmm(mask, q3, k.reshape(B * nkv, Sk, hd).transpose(1, 2), alpha=scale)  # mask + q kᵀ·scale
-        y = torch.bmm(a.softmax(-1), v.reshape(B * nkv, Sk, hd))  # (B·nkv, g·S, hd)
+        # softmax in float32 (a no-op for float32 scores): bf16 scores under autocast would round its sums
+        # differently for the Sk keys of a decode step and the padded rows of a full pass
+        y = torch.bmm(a.softmax(-1, dtype=torch.float32).to(v.dtype), v.reshape(B * nkv, Sk, hd))  # (B·nkv, g·S, hd)
     return y.reshape(B, nh, S, hd).transpose(1, 2).reshape(B, S, nh * hd)
 
 
@@ -147,7 +149,9 @@ class LeanDecoder:
         self.kind = _kind(model)
         cfg = model.config
         self.head = model.get_output_embeddings()
-        device, dtype = self.head.weight.device, self.head.weight.dtype
+        # the residual stream's dtype (the KV cache, RoPE tables and masks follow it): the input embedding's; the
+        # head may hold another one (precision.autocast_copy: a bf16 head on a float32 stream, run under autocast)
+        device, dtype = self.head.weight.device, model.get_input_embeddings().weight.dtype
         if self.kind == "gpt2":
             self.body = model.transformer
             self.blocks = list(self.body.h)
@@ -282,6 +286,7 @@ class LeanDecoder:
         """LM head on (B, E) hidden states -> (B, V). `out`: optional reusable (B, V) buffer of the head's dtype
         (on CPU a fresh multi-MB tensor per step costs page faults)."""
         W, b = self.head.weight, self.head.bias
+        h = h.to(W.dtype)  # a bf16 head on a float32 stream: the cast autocast makes (the products below use out=)
         if out is None:
             return F.linear(h, W, b)
         V = W.shape[0]
