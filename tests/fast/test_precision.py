@@ -142,7 +142,8 @@ def test_expected_gradient_under_bf16_proposal_is_exact(div):
 def test_train_step_is_the_importance_weighted_estimate():
     """train()'s bf16 gradient on a known batch (the 40 toy sequences, injected through the sampler hook with the
     log q of a proposal ≠ π_θ: the copy entirely in bf16) equals the f-DPG estimate computed by hand: log π_θ under
-    autocast, Ẑ = mean P/q, weights π_θ/q. Dropping the weights, or scoring π_θ outside autocast, moves it by more than 1e-3 (relative)."""
+    autocast, Ẑ = mean P/q, weights π_θ/q. Dropping the weights, or scoring π_θ outside autocast, moves it by more
+    than 1e-3 (relative)."""
     pb = make_toy_problem("scalar", beta=0.5)
     support, params = pb.support, list(pb.policy.parameters())
     N = len(support)
