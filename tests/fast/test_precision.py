@@ -199,12 +199,15 @@ def test_first_bf16_update_follows_exact_gradient():
 
 # ----------------------------------------------------------------------------------------------- training
 # Exact JS(π_θ‖p) after 25 steps (batch 64, lr 2e-3) on the scalar toy (JS at the start 0.36), seeds 0-7, fp32:
-# mean 0.0031, std 0.0009 across seeds; the bf16 run of each seed differed from the fp32 run of the same seed by at
-# most 0.0006 (0.0002 and 0.0004 for seeds 0 and 1). Tolerance: twice the seed-to-seed std.
-JS_SEED_STD = 0.0009
+# online proposal: mean 0.0031, std 0.0009 across seeds, and the bf16 run of each seed differed from the fp32 run of
+# the same seed by at most 0.0006; offline proposal (q a frozen copy of π_θ, replaced when π_θ is closer to p):
+# mean 0.0036, std 0.0021, same-seed difference at most 0.0011. Tolerance: twice the seed-to-seed std.
+JS_SEED_STD = {"online": 0.0009, "offline": 0.0021}
 
 
-def test_bf16_training_reaches_the_fp32_divergence():
+@pytest.mark.parametrize("proposal", ["online", "offline"])
+def test_bf16_training_reaches_the_fp32_divergence(proposal):
+    """Offline, the bf16 copy is the frozen proposal's: the weights π_θ/q then also correct q ≠ π_θ."""
     pb0 = make_toy_problem("scalar", beta=0.5)
     d0 = pb0.divergence("js")
     for seed in (0, 1):
@@ -212,13 +215,15 @@ def test_bf16_training_reaches_the_fp32_divergence():
         for prec in ("fp32", "bf16"):
             pb = make_toy_problem("scalar", beta=0.5)
             hist = train(pb.policy, pb.target, pb.prompts, _cfg(divergence="js", n_steps=25, seed=seed,
-                                                                precision=prec))
+                                                                precision=prec, proposal=proposal))
             out[prec] = (pb.divergence("js"), [r["train/ess"] for r in hist])
         (d32, ess32), (d16, ess16) = out["fp32"], out["bf16"]
-        assert d32 < 0.02 * d0 and d16 < 0.02 * d0, (d0, d32, d16)
-        assert abs(d16 - d32) < 2 * JS_SEED_STD, (seed, d32, d16)
-        assert ess32 == [1.0] * 25  # q = π_θ exactly
-        assert all(0.99 < e <= 1.0 for e in ess16), min(ess16)
+        reach = 0.02 if proposal == "online" else 0.05  # of JS at the start (seed 1 offline: 0.023)
+        assert d32 < reach * d0 and d16 < reach * d0, (d0, d32, d16)
+        assert abs(d16 - d32) < 2 * JS_SEED_STD[proposal], (seed, d32, d16)
+        if proposal == "online":
+            assert ess32 == [1.0] * 25  # q = π_θ exactly
+            assert all(0.99 < e <= 1.0 for e in ess16), min(ess16)
 
 
 # -------------------------------------------------------------------------------------------- choosing precision
