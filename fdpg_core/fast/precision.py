@@ -117,8 +117,9 @@ def autocast_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` to run under bf16 autocast: the parameters of its product modules (_product_modules) in
     bf16, the rest (embeddings, norms) in float32. Under autocast every product casts its inputs to bf16, so this
     copy computes bit for bit what `model` computes under autocast, without casting the weights at every call.
-    An output head tied to the input embedding is untied first (the head in bf16, the embedding in float32)."""
-    q = _frozen_copy(model)
+    An output head tied to the input embedding is untied first (the head in bf16, the embedding in float32). A
+    float64 model's copy is float32 outside the products (autocast leaves float64 products alone: q ≠ π_θ more)."""
+    q = _frozen_copy(model).float()
     head = q.get_output_embeddings() if hasattr(q, "get_output_embeddings") else None
     emb = q.get_input_embeddings() if hasattr(q, "get_input_embeddings") else None
     if head is not None and emb is not None and head.weight is emb.weight:

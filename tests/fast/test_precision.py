@@ -107,6 +107,16 @@ def test_bf16_copy_is_refreshed_in_place_every_step():
     assert all(p.dtype == torch.float32 for p in pb.policy.parameters())  # float32 master weights
 
 
+def test_float64_policy_trains_in_bf16():
+    """Autocast leaves a float64 policy's products in float64; its sampling copy is float32 outside its bf16
+    products, so q differs from π_θ by more than rounding, and the weights correct it (ESS in (0, 1])."""
+    pb = make_toy_problem("scalar", beta=0.5)
+    pb.policy.double()
+    hist = train(pb.policy, pb.target, pb.prompts, _cfg(divergence="js", n_steps=3, batch_size=64, precision="bf16"))
+    assert all(p.dtype == torch.float64 for p in pb.policy.parameters())
+    assert all(0.5 < r["train/ess"] < 1.0 for r in hist), [r["train/ess"] for r in hist]
+
+
 # ------------------------------------------------------------------------------------- exact expected gradient
 @pytest.mark.parametrize("div", ["kl", "rkl", "js", "tv"])
 def test_expected_gradient_under_bf16_proposal_is_exact(div):
