@@ -198,8 +198,11 @@ class LeanDecoder:
         self.B, self.T_max = batch_size, max_len
         shape = (batch_size, nkv, max_len, hd)
         n = len(self.blocks) if cache else 0
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]  # per layer (B, nkv, T_max, hd)
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
+        # under autocast (a sampling copy, fast.precision) keys and values are cached in the autocast dtype: its
+        # products read them in it anyway, and a float32 cache would be cast whole again at every step
+        kv = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else dtype
+        self.k = [torch.zeros(shape, device=device, dtype=kv) for _ in range(n)]  # per layer (B, nkv, T_max, hd)
+        self.v = [torch.zeros(shape, device=device, dtype=kv) for _ in range(n)]
         self.kpos = torch.arange(max_len, device=device)  # (T_max,) slot index
 
     # --- one forward over S new tokens ----------------------------------------------------------------------
@@ -287,6 +290,9 @@ class LeanDecoder:
         (on CPU a fresh multi-MB tensor per step costs page faults)."""
         W, b = self.head.weight, self.head.bias
         h = h.to(W.dtype)  # a bf16 head on a float32 stream: the cast autocast makes (the products below use out=)
+        packed = getattr(self.head, "packed", None)  # a sampling copy's head, pre-packed for oneDNN (fast.precision)
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(h, packed, b, "none", [], "")  # (B, V), = F.linear bit for bit
         if out is None:
             return F.linear(h, W, b)
         V = W.shape[0]

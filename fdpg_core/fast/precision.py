@@ -129,6 +129,12 @@ def autocast_copy(model: torch.nn.Module) -> torch.nn.Module:
     return q
 
 
+@torch.no_grad()
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """A (out_features, in_features) weight rounded to bf16, in oneDNN's layout for batches of about 16 rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous(), 16)
+
+
 class PackedLinear(torch.nn.Module):
     """A bf16 nn.Linear of a sampling copy with its weight held in oneDNN's blocked layout (CPU): the products of
     F.linear in bf16 (its input cast to bf16, as autocast does), bit for bit, without laying the weight out again
@@ -143,10 +149,8 @@ class PackedLinear(torch.nn.Module):
         self.train(linear.training)  # the copy's eval mode (score() takes its fast path only in eval mode)
         self.load_weight(linear.weight)
 
-    @torch.no_grad()
     def load_weight(self, weight: torch.Tensor) -> None:
-        w = weight.detach().to(torch.bfloat16).contiguous()  # (out_features, in_features)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, 16)  # laid out for batches of about 16 rows
+        self.packed = _pack(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.bfloat16)  # autocast does not see this oneDNN op: cast as it would for F.linear
@@ -168,24 +172,27 @@ def can_pack(device) -> bool:
 
 
 def pack_linears(q: torch.nn.Module) -> torch.nn.Module:
-    """Replace every bf16 nn.Linear of the sampling copy `q` except its output head (the fast decoder reads the
-    head's weight) by a PackedLinear, in place; returns q."""
+    """Replace every bf16 nn.Linear of the sampling copy `q` except its output head by a PackedLinear, in place;
+    the head stays an nn.Linear (HF's forward and the fast decoder read its weight) and gets a packed copy of its
+    weight as `head.packed`, which the fast decoder's logits use. Returns q."""
     head = q.get_output_embeddings() if hasattr(q, "get_output_embeddings") else None
     for name, m in list(q.named_modules()):
         for child_name, child in list(m.named_children()):
             if type(child) is torch.nn.Linear and child is not head and child.weight.dtype == torch.bfloat16:
                 setattr(m, child_name, PackedLinear(child))
+    if type(head) is torch.nn.Linear and head.weight.dtype == torch.bfloat16:
+        head.packed = _pack(head.weight)
     return q
 
 
 def _sync_plan(q: torch.nn.Module, src: torch.nn.Module) -> tuple[list, list]:
     """What refreshing q from src copies: (q's tensor, src's tensor) for every parameter and floating buffer, and
-    (PackedLinear of q, src's weight), matched by name."""
+    (q's module holding a packed weight, src's weight), matched by name."""
     params = dict(src.named_parameters(remove_duplicate=False))
     buffers = dict(src.named_buffers(remove_duplicate=False))
     tensors = [(d, params[n]) for n, d in q.named_parameters()]
     tensors += [(d, buffers[n]) for n, d in q.named_buffers() if d.is_floating_point()]
-    packed = [(m, params[f"{n}.weight"]) for n, m in q.named_modules() if isinstance(m, PackedLinear)]
+    packed = [(m, params[f"{n}.weight"]) for n, m in q.named_modules() if hasattr(m, "packed")]
     return tensors, packed
 
 
@@ -196,7 +203,7 @@ def _refresh(plan: tuple[list, list]) -> None:
     for d, s in tensors:
         d.copy_(s)
     for m, w in packed:
-        m.load_weight(w)
+        m.packed = _pack(w)
 
 
 class MixedPrecision:

@@ -7,12 +7,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import EOS, PAD
 from test_training import _cfg
 from fdpg_core.fast import precision
 from fdpg_core.divergences import exact_divergence
 from fdpg_core.losses import fdpg_loss
+from fdpg_core.fast.decoders import LeanDecoder
 from fdpg_core.fast.precision import MixedPrecision, resolve_precision
 from fdpg_core.sampling import left_pad, sample, score
 from fdpg_core.kit.toy import make_toy_problem
@@ -40,9 +42,11 @@ def test_autocast_copy_is_the_policy_under_autocast_bitwise_and_follows_it(make_
     head, emb = q.get_output_embeddings(), q.get_input_embeddings()
     assert head.weight.dtype == torch.bfloat16 and emb.weight.dtype == torch.float32 and not q.training
     assert type(head) is torch.nn.Linear  # the fast decoder reads the head's weight
-    if kind == "llama" and precision.can_pack("cpu"):
+    lean = kind in ("gpt2", "llama")  # the models the fast decoder runs: their copies are packed where oneDNN can
+    if lean and precision.can_pack("cpu"):
         n_packed = sum(isinstance(m, precision.PackedLinear) for m in q.modules())
-        assert n_packed == 7 * policy.config.num_hidden_layers  # q, k, v, o, gate, up, down per layer
+        assert n_packed == (7 * policy.config.num_hidden_layers if kind == "llama" else 0)  # GPT-2: Conv1D layers
+        assert hasattr(head, "packed")
     ids = torch.randint(3, 64, (16, 9), generator=torch.Generator().manual_seed(0))
     with prec.autocast():
         s = sample(q, *left_pad([[0, 5, 7], [0, 3]] * 4, PAD), 6, eos_token_id=None, pad_token_id=PAD,
@@ -54,6 +58,9 @@ def test_autocast_copy_is_the_policy_under_autocast_bitwise_and_follows_it(make_
             assert not torch.equal(score(precision.bf16_copy(policy), s), score(policy, s))
             if causal:
                 assert torch.equal(q(ids).logits, policy(ids).logits)
+            if lean:  # the fast decoder's own head product (packed or not): F.linear in bf16, bit for bit
+                h = torch.randn(16, head.in_features)
+                assert torch.equal(LeanDecoder(q, 16, 4).logits(h), F.linear(h.to(torch.bfloat16), head.weight))
         with torch.no_grad():
             for p in policy.parameters():  # the policy moves; the next sampler_model call must follow it
                 p.add_(0.05 * torch.randn_like(p))
