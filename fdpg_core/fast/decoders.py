@@ -117,8 +117,8 @@ def _attend(q, k, v, mask, scale) -> torch.Tensor:
     else:
         q3 = q.reshape(B * nkv, g * S, hd)
         a = torch.baddbmm(mask, q3, k.reshape(B * nkv, Sk, hd).transpose(1, 2), alpha=scale)  # mask + q kᵀ·scale
-        # softmax in float32 (a no-op for float32 scores): bf16 scores under autocast would round its sums
-        # differently for the Sk keys of a decode step and the padded rows of a full pass
+        # softmax in float32 (a no-op for float32 scores): in bf16 (scores under autocast) its sums round
+        # differently for a decode step's Sk keys and for a full pass's longer rows of masked keys
         y = torch.bmm(a.softmax(-1, dtype=torch.float32).to(v.dtype), v.reshape(B * nkv, Sk, hd))  # (B·nkv, g·S, hd)
     return y.reshape(B, nh, S, hd).transpose(1, 2).reshape(B, S, nh * hd)
 
