@@ -639,25 +639,14 @@ def precision_step_case(name, model, ids, mask, T, reps, device, note="", mm_n: 
                                       "max_abs": shift.abs().max().item(), "T": T}}
 
 
-def cpu_id() -> str:
-    """The CPU's model name, with its family and model numbers where /proc/cpuinfo has them: a name such as
-    'AMD EPYC' covers several generations (family 25 is Zen 3/4, family 26 Zen 5)."""
-    from fdpg_core.fast.precision import _cpuinfo, cpu_model
-
-    info = _cpuinfo()
-    if "cpu family" not in info or "model" not in info:
-        return cpu_model()
-    return f"{cpu_model()} (family {info['cpu family']}, model {info['model']})"
-
-
 def precision_section(p: dict, device, log=print) -> dict:
     """The mixed-precision rows: each model's sampling and step cases; efficiency against the matmul peaks."""
-    from fdpg_core.fast.precision import cpu_bf16_flags, has_bf16_units, resolve_precision
+    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model, has_bf16_units, resolve_precision
     from fdpg_core.kit.smollm import load_smollm2
 
     cfg = p["precision"]
     out = {"impl": "auto", "bf16_units": has_bf16_units(device), "auto_precision": resolve_precision("auto", device),
-           "cpu_model": cpu_id(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
+           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(), "sampling": [], "fdpg_step": []}
     B, Tp, T = cfg["B"], cfg["Tp"], cfg["T"]
 
     def random_model(build, note):  # random weights: random prompts (throughput; the weights' ESS is not typical)
@@ -767,14 +756,14 @@ SECTIONS = ("matmul_flop_s", "distribution_check", "sampling", "sampling_smollm2
 
 
 def run(device: str, quick: bool, out_dir: Path, log=_log, tests: dict | None = None, only=None) -> dict:
-    from fdpg_core.fast.precision import cpu_bf16_flags
+    from fdpg_core.fast.precision import cpu_bf16_flags, cpu_model
     from fdpg_core.kit.smollm import load_smollm2
 
     p = plan(device, quick)
     t_start = time.time()
     res = {"machine": machine_name(device), "device": device, "quick": quick, "load_avg_start": os.getloadavg(),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "cpu_model": cpu_id(), "cpu_bf16_flags": cpu_bf16_flags(),
+           "cpu_model": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "method": "interleaved A B A B after one warm-up round; median of reps; ratio = median(reference) / "
                      "median(ours), > 1 means ours is faster", "reps": p["reps"], "errors": {}, "only": only or None,

@@ -58,8 +58,14 @@ def _cpuinfo() -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'), or platform.processor() where unknown."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'), or platform.processor() where unknown, with its
+    family and model numbers where /proc/cpuinfo has them: a name such as 'AMD EPYC' covers several generations
+    (family 25 is Zen 3/4, family 26 Zen 5)."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" not in info or "model" not in info:
+        return name
+    return f"{name} (family {info['cpu family']}, model {info['model']})"
 
 
 def cpu_bf16_flags() -> list[str]:
@@ -139,18 +145,15 @@ class PackedLinear(torch.nn.Module):
     """A bf16 nn.Linear of a sampling copy with its weight held in oneDNN's blocked layout (CPU): the products of
     F.linear in bf16 (its input cast to bf16, as autocast does), bit for bit, without laying the weight out again
     at every call. A decode step multiplies a few rows by every weight, and that re-layout is a large share of
-    each product. The weight is not a parameter: `load_weight` packs a new one (the source's, rounded to bf16);
-    the bias stays a bf16 parameter."""
+    each product. The weight is not a parameter: `packed` holds it (_pack: the source's, rounded to bf16), and
+    refreshing the copy packs a new one; the bias stays a bf16 parameter."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bias = linear.bias
         self.train(linear.training)  # the copy's eval mode (score() takes its fast path only in eval mode)
-        self.load_weight(linear.weight)
-
-    def load_weight(self, weight: torch.Tensor) -> None:
-        self.packed = _pack(weight)
+        self.packed = _pack(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.bfloat16)  # autocast does not see this oneDNN op: cast as it would for F.linear
